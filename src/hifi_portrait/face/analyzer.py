@@ -1,0 +1,215 @@
+"""``FaceAnalyzer``: photo -> :class:`~hifi_portrait.face.types.FaceAnalysis` with pluggable backends.
+
+Models load lazily on first use and are kept, so one analyzer should be reused for many photos.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hifi_portrait.errors import ConfigError, FaceNotFoundError, MultipleFacesError, UnusableFaceError
+from hifi_portrait.face.alignment import (
+    ARCFACE_SIZE,
+    ENCODER_SIZE,
+    ENCODER_ZOOM,
+    alignment_affine,
+    transform_points,
+    warp,
+)
+from hifi_portrait.face.detection import Detection, FaceDetector, RetinaFaceDetector
+from hifi_portrait.face.identity import DlibEmbedder, IdentityEmbedder, InsightFaceEmbedder
+from hifi_portrait.face.matting import FaceMatting, LandmarkHullMatting
+from hifi_portrait.face.mesh import Landmarker3D, MediaPipeLandmarker
+from hifi_portrait.face.quality import QualityConfig, compute_quality, unusable_reasons
+from hifi_portrait.face.types import FaceAnalysis
+from hifi_portrait.utils.image_io import load_image
+
+logger = logging.getLogger(__name__)
+
+Policy = str | int
+
+
+def _check_policy(policy: Policy) -> Policy:
+    if isinstance(policy, bool) or not (isinstance(policy, int) or policy in ("largest", "error")):
+        raise ConfigError(f"face policy must be 'largest', 'error' or a face index (int), not {policy!r}")
+    return policy
+
+
+class FaceAnalyzer:
+    """Detect, fit a 3D mesh, align, embed, mask and score faces.
+
+    Args:
+        detector: a :class:`FaceDetector` (default :class:`RetinaFaceDetector`).
+        landmarker: a :class:`Landmarker3D` (default :class:`MediaPipeLandmarker`, created on first use).
+        embedder: an :class:`IdentityEmbedder` (default :class:`DlibEmbedder`).
+        matting: a :class:`FaceMatting` (default :class:`LandmarkHullMatting`).
+        quality: thresholds of the quality score and what to do with unusable faces.
+        encoder_size: side of ``FaceAnalysis.encoder_crop`` in pixels.
+        insightface_dir: shortcut for ``embedder=InsightFaceEmbedder(insightface_dir)``.
+        face_landmarker_path: a ``face_landmarker.task`` file for the default landmarker.
+        num_threads: onnxruntime threads of the default detector.
+    """
+
+    def __init__(
+        self,
+        detector: FaceDetector | None = None,
+        landmarker: Landmarker3D | None = None,
+        embedder: IdentityEmbedder | None = None,
+        matting: FaceMatting | None = None,
+        quality: QualityConfig | None = None,
+        encoder_size: int = ENCODER_SIZE,
+        insightface_dir: str | os.PathLike | None = None,
+        face_landmarker_path: str | os.PathLike | None = None,
+        num_threads: int = 2,
+    ) -> None:
+        if embedder is not None and insightface_dir is not None:
+            raise ConfigError("pass either embedder or insightface_dir, not both")
+        self.detector = detector or RetinaFaceDetector(num_threads=num_threads)
+        self._landmarker = landmarker
+        self._face_landmarker_path = face_landmarker_path
+        self.embedder = embedder or (InsightFaceEmbedder(insightface_dir) if insightface_dir else DlibEmbedder())
+        self.matting = matting or LandmarkHullMatting()
+        self.quality_config = quality or QualityConfig()
+        self.encoder_size = int(encoder_size)
+
+    @property
+    def landmarker(self) -> Landmarker3D:
+        if self._landmarker is None:
+            self._landmarker = MediaPipeLandmarker(self._face_landmarker_path)
+        return self._landmarker
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def _read(image: str | os.PathLike | bytes | np.ndarray, source: str | None) -> tuple[np.ndarray, str]:
+        if isinstance(image, np.ndarray):
+            arr = image
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, axis=2)
+            if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
+                raise ConfigError(
+                    f"expected an RGB uint8 (H, W, 3) array, got {arr.dtype} {arr.shape}; "
+                    "use hifi_portrait.face.load_image() to read files"
+                )
+            return np.ascontiguousarray(arr[..., :3]), source or "<array>"
+        if isinstance(image, bytes | bytearray):
+            return load_image(image), source or "<bytes>"
+        return load_image(image), source or str(Path(image))
+
+    # ------------------------------------------------------------------ API
+    def detect(self, image: str | os.PathLike | bytes | np.ndarray) -> list[Detection]:
+        """All faces of a photo, largest first (boxes, scores, 5 keypoints in photo pixels)."""
+        arr, _ = self._read(image, None)
+        return self.detector.detect(arr)
+
+    def analyze(
+        self,
+        image: str | os.PathLike | bytes | np.ndarray,
+        policy: Policy = "largest",
+        source: str | None = None,
+    ) -> FaceAnalysis:
+        """Analyse one face of a photo.
+
+        Args:
+            image: a path, encoded bytes, or an RGB uint8 ``(H, W, 3)`` array (upright).
+            policy: which face when there are several: ``"largest"``, ``"error"`` (raise
+                :class:`MultipleFacesError`), or an index into the faces sorted largest first.
+            source: name recorded in ``FaceAnalysis.source`` (default: the path).
+
+        Raises:
+            ImageLoadError, FaceNotFoundError, MultipleFacesError, UnusableFaceError, ConfigError.
+        """
+        _check_policy(policy)
+        arr, name = self._read(image, source)
+        faces = self.detector.detect(arr)
+        if not faces:
+            raise FaceNotFoundError(
+                f"{name}: no face found; use a photo where one face is clearly visible (at least "
+                f"{self.quality_config.min_face_px:.0f} px wide), or crop the photo around the face."
+            )
+        if policy == "error" and len(faces) > 1:
+            raise MultipleFacesError(
+                f"{name}: {len(faces)} faces found and the policy is 'error'; crop the photo to one person, or use "
+                "policy 'largest' or a face index (0 = largest)."
+            )
+        index = 0 if policy in ("largest", "error") else int(policy)
+        if not 0 <= index < len(faces):
+            raise FaceNotFoundError(
+                f"{name}: face index {index} requested but only {len(faces)} face(s) found (indices 0.."
+                f"{len(faces) - 1}, largest first)."
+            )
+        return self._analyze_detection(arr, faces[index], index, name)
+
+    def analyze_all(
+        self, image: str | os.PathLike | bytes | np.ndarray, source: str | None = None, skip_unusable: bool = True
+    ) -> list[FaceAnalysis]:
+        """Analyse every face of a photo (group photos), largest first.
+
+        Faces that are unusable (too small, too blurred, no mesh) are skipped with a warning when
+        ``skip_unusable``; otherwise the error is raised.
+        """
+        arr, name = self._read(image, source)
+        out = []
+        for index, det in enumerate(self.detector.detect(arr)):
+            try:
+                out.append(self._analyze_detection(arr, det, index, name))
+            except UnusableFaceError as exc:
+                if not skip_unusable:
+                    raise
+                logger.warning("skipping face %d: %s", index, exc)
+        return out
+
+    # ------------------------------------------------------------------ one face
+    def _unusable(self, name: str, index: int, reasons: list[str]) -> None:
+        message = (
+            f"{name}: face {index} is unusable: {'; '.join(reasons)}. Use a sharper or larger photo of the face, "
+            "or lower the thresholds (QualityConfig)."
+        )
+        if self.quality_config.on_unusable == "raise":
+            raise UnusableFaceError(message)
+        logger.warning(message)
+
+    def _analyze_detection(self, image: np.ndarray, det: Detection, index: int, name: str) -> FaceAnalysis:
+        cfg = self.quality_config
+        if det.size < cfg.min_face_px and cfg.on_unusable == "raise":  # fail fast, before the expensive models
+            self._unusable(name, index, [f"face too small ({det.size:.0f} px < min_face_px={cfg.min_face_px:.0f})"])
+        mesh = self.landmarker.fit(image, det)
+        if mesh is None:
+            raise UnusableFaceError(
+                f"{name}: face {index} was detected but the 3D face mesh could not be fitted (face turned away, "
+                "occluded or cut off?); use a photo where the face is more visible."
+            )
+        arc_affine = alignment_affine(det.keypoints, ARCFACE_SIZE)
+        arcface_crop = warp(image, arc_affine, ARCFACE_SIZE)
+        quality = compute_quality(det.size, arcface_crop, mesh.pose, det.score, cfg)
+        reasons = unusable_reasons(quality, cfg)
+        if reasons:
+            self._unusable(name, index, reasons)
+        enc_affine = alignment_affine(det.keypoints, self.encoder_size, ENCODER_ZOOM)
+        encoder_crop = warp(image, enc_affine, self.encoder_size)
+        mask = self.matting.mask(encoder_crop, transform_points(mesh.landmarks, enc_affine))
+        identity = self.embedder.embed(image, det)
+        height, width = image.shape[:2]
+        return FaceAnalysis(
+            source=name,
+            image_size=(int(width), int(height)),
+            face_index=int(index),
+            bbox=np.asarray(det.bbox, dtype=np.float64),
+            det_score=float(det.score),
+            keypoints=np.asarray(det.keypoints, dtype=np.float64),
+            landmarks=mesh.landmarks,
+            pose=mesh.pose,
+            transform=mesh.transform,
+            blendshapes=mesh.blendshapes,
+            identity=identity,
+            identity_model=self.embedder.name,
+            quality=quality,
+            arcface_crop=arcface_crop,
+            encoder_crop=encoder_crop,
+            mask=mask,
+            mask_method=self.matting.name,
+            encoder_affine=enc_affine,
+        )
