@@ -62,7 +62,8 @@ class HiFiNetCondition(BaseOutput):
     """Latent-independent part of HiFi-Net, computed once per generation.
 
     Attributes:
-        features: per resolution level, ``(B, c_i, h_i, w_i)`` landmark features (``c_i``: branch width entering level i) aligned with the ID tokens.
+        features: per resolution level, ``(B, c_i, h_i, w_i)`` landmark features aligned with the ID tokens
+            (``c_i``: the branch's width where it enters level i).
         id_kv: per per-step attention layer (in execution order), ``(key, value)`` each ``(B, heads, T, d)``.
     """
 
@@ -212,7 +213,9 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
             )
         self.cond_align = nn.ModuleList(
             [
-                _IDCrossAttention(w, cross_attention_dim, attention_head_dim, groups) if align_levels[i] else nn.Identity()
+                _IDCrossAttention(w, cross_attention_dim, attention_head_dim, groups)
+                if align_levels[i]
+                else nn.Identity()
                 for i, w in enumerate(in_widths)
             ]
         )
@@ -229,7 +232,11 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
             for j in range(branch_layers_per_block):
                 res_level.append(
                     ResnetBlock2D(
-                        in_channels=cin if j == 0 else w, out_channels=w, temb_channels=temb_dim, groups=groups, eps=1e-5
+                        in_channels=cin if j == 0 else w,
+                        out_channels=w,
+                        temb_channels=temb_dim,
+                        groups=groups,
+                        eps=1e-5,
                     )
                 )
                 attn_level.append(
@@ -343,7 +350,9 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
         return model
 
     # ------------------------------------------------------------------ condition part (once per generation)
-    def prepare_condition(self, controlnet_cond: torch.Tensor, id_tokens: torch.Tensor | None = None) -> HiFiNetCondition:
+    def prepare_condition(
+        self, controlnet_cond: torch.Tensor, id_tokens: torch.Tensor | None = None
+    ) -> HiFiNetCondition:
         """Encode the landmark map and align it with the ID tokens (independent of the noisy latent).
 
         Args:

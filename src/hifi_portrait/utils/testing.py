@@ -39,7 +39,8 @@ DUMMY_NUM_PATCHES = 17
 
 def _bytes_to_unicode() -> list[str]:
     """GPT-2/CLIP byte-level alphabet (256 printable characters)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -187,7 +188,8 @@ def get_dummy_adapter(unet, seed: int = 0, num_tokens: int = 4, trained: bool = 
         id_tokens_per_ref=2,
         ff_mult=2,
     )
-    kwargs = {"size_ratio": 0.5, "vae_scale_factor": 2, "attention_head_dim": 8, "conditioning_embedding_channels": (8, 16)}
+    kwargs = {"size_ratio": 0.5, "vae_scale_factor": 2, "attention_head_dim": 8}
+    kwargs["conditioning_embedding_channels"] = (8, 16)
     kwargs.update(hifi_kwargs)
     hifi_net = HiFiNetModel.from_unet(unet, **kwargs)
     if trained:
