@@ -156,7 +156,8 @@ class FaceRefiner(ModelMixin, ConfigMixin):
         bias = log_q.masked_fill(~valid, float("-inf"))  # (B, N)
 
         vmask = valid[..., None].to(dtype)
-        ids = id_embeds.to(dtype) * vmask  # padded inputs zeroed: no NaN/inf can leak through 0 * x
+        # padded inputs replaced by zeros (not multiplied: 0 * inf would be NaN)
+        ids = torch.where(valid[..., None], id_embeds.to(dtype), 0.0)
         mem = self.id_proj(ids).view(b, n, cfg.id_tokens_per_ref, cfg.hidden_dim) + self.type_embed[0]
         if patch_tokens is not None:
             if patch_tokens.ndim != 4 or patch_tokens.shape[:2] != (b, n):
@@ -164,7 +165,7 @@ class FaceRefiner(ModelMixin, ConfigMixin):
             length = patch_tokens.shape[2]
             if length > cfg.num_patches:
                 raise ValueError(f"got {length} patch tokens per reference, the model knows {cfg.num_patches}")
-            patches = patch_tokens.to(dtype) * vmask[..., None]
+            patches = torch.where(valid[..., None, None], patch_tokens.to(dtype), 0.0)
             patches = self.patch_proj(patches) + self.patch_pos[:length] + self.type_embed[1]
             mem = torch.cat([mem, patches], dim=2)
         m = mem.shape[2]

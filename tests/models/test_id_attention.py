@@ -1,0 +1,70 @@
+"""ID attention processors: exact plain output at scale 0, effect otherwise, install/remove, dtype/device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hifi_portrait.models import (
+    IDAttnProcessor,
+    append_id_tokens,
+    get_id_attn_processors,
+    id_attention_layer_names,
+    install_id_attention,
+    remove_id_attention,
+    set_id_scale,
+)
+from hifi_portrait.utils.testing import get_dummy_unet
+
+torch.set_num_threads(1)
+
+
+def _run(unet, ehs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 32, 32, generator=g)
+    added = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.rand(2, 6, generator=g) * 64}
+    with torch.no_grad():
+        return unet(x, 500, encoder_hidden_states=ehs, added_cond_kwargs=added).sample
+
+
+def test_scale_zero_is_exactly_plain_and_scale_changes_output():
+    unet = get_dummy_unet().eval()
+    g = torch.Generator().manual_seed(1)
+    text, tokens = torch.randn(2, 77, 64, generator=g), torch.randn(2, 4, 64, generator=g)
+    plain = _run(unet, text)
+    names = id_attention_layer_names(unet)
+    # (2 down + 1 mid + 3 up attentions) x 2 transformer layers of the tiny UNet
+    assert len(names) == 12 and all(n.endswith("attn2") for n in names)
+    procs = install_id_attention(unet, num_tokens=4, scale=0.0)
+    assert set(procs) == set(names) and isinstance(procs[names[0]], IDAttnProcessor)
+    assert torch.equal(_run(unet, append_id_tokens(text, tokens)), plain)
+    set_id_scale(unet, 0.7)
+    assert all(p.scale == 0.7 for p in get_id_attn_processors(unet).values())
+    ided = _run(unet, append_id_tokens(text, tokens))
+    assert (ided - plain).abs().max() > 1e-4
+    # zero ID tokens contribute exactly nothing (no bias in to_k_ip / to_v_ip): the uncond branch of CFG
+    assert torch.equal(_run(unet, append_id_tokens(text, torch.zeros_like(tokens))), plain)
+    assert remove_id_attention(unet) == len(names)
+    assert torch.equal(_run(unet, text), plain)
+
+
+def test_processor_state_is_per_layer_and_weights_follow_the_unet():
+    unet = get_dummy_unet()
+    install_id_attention(unet, num_tokens=4, init_from_text=False)
+    names = list(get_id_attn_processors(unet))
+    set_id_scale(unet, {n: float(i) for i, n in enumerate(names)})
+    assert [p.scale for p in get_id_attn_processors(unet).values()] == [float(i) for i in range(len(names))]
+    # processors are sub-modules of the UNet: dtype casts move them too
+    unet.to(torch.bfloat16)
+    assert all(p.to_k_ip.weight.dtype == torch.bfloat16 for p in get_id_attn_processors(unet).values())
+    key = names[0] + ".processor.to_k_ip.weight"
+    assert key in unet.state_dict()
+
+
+def test_missing_tokens_are_reported():
+    unet = get_dummy_unet()
+    install_id_attention(unet, num_tokens=80)
+    with pytest.raises(ValueError, match="append_id_tokens"):
+        _run(unet, torch.randn(2, 77, 64))
+    with pytest.raises(ValueError, match="no ID attention"):
+        set_id_scale(get_dummy_unet(), 1.0)
