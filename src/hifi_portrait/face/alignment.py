@@ -6,8 +6,8 @@ onto a template:
 * ``arcface``: the standard InsightFace template at 112x112 (eyes at y=51.6, mouth at y=92.2);
 * ``encoder``: the same template scaled by ``size / 112 / ENCODER_ZOOM`` and centred, i.e. the ArcFace face box
   shrunk to the middle ``1/ENCODER_ZOOM`` of the crop so that hair, ears and chin are inside (default 512 px,
-  ``ENCODER_ZOOM = 2``: the face occupies about the middle half, like FFHQ-style crops). Image encoders resize
-  it to their own input size (224 for CLIP ViT-L/14, 336, ...).
+  ``ENCODER_ZOOM = 1.6``: the ArcFace face box fills the middle 62 % of the crop). Image encoders resize it to
+  their own input size (224 for CLIP ViT-L/14, 336, ...).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ ARCFACE_SIZE = 112
 #: Default side of the encoder crop, in pixels.
 ENCODER_SIZE = 512
 #: How much more context the encoder crop shows than the ArcFace crop (linear factor).
-ENCODER_ZOOM = 2.0
+ENCODER_ZOOM = 1.6
 
 
 def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

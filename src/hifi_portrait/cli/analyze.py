@@ -1,0 +1,170 @@
+"""``hifi-portrait analyze PHOTO_OR_DIR... --out DIR``: analyse the reference photos of one person.
+
+Writes, under ``--out``:
+
+* ``<photo>/``: ``arcface.png`` (112x112 aligned crop), ``encoder.png`` (larger aligned crop), ``mask.png``,
+  ``overlay.png`` (landmarks, keypoints and pose on the photo), ``analysis.json`` + ``analysis.npz``
+  (:class:`~hifi_portrait.face.types.FaceAnalysis`, loadable with ``FaceAnalysis.load(".../analysis")``);
+* ``faceset/``: the reference set (``FaceSet.load``): similarity matrix, outliers, fused identity;
+* ``contact_sheet.png``: every usable face with its scores (outliers framed in red);
+* ``report.json``: faces, skipped files with reasons, similarity matrix, outliers.
+
+Exit code 1 (with a message) when no usable face remains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import typer
+from PIL import Image
+
+from hifi_portrait.cli.common import safe_child, user_errors
+from hifi_portrait.errors import ConfigError, HiFiPortraitError, NoUsableReferencesError
+
+logger = logging.getLogger(__name__)
+
+
+def parse_policy(value: str) -> str | int:
+    """``"largest"``, ``"error"`` or a face index (``"0"``, ``"1"``, ...)."""
+    value = value.strip().lower()
+    if value in ("largest", "error"):
+        return value
+    if re.fullmatch(r"\d+", value):
+        return int(value)
+    raise ConfigError(f"--policy must be 'largest', 'error' or a face index such as 0 or 1, not {value!r}")
+
+
+def collect_inputs(paths: list[Path]) -> tuple[list[Path], list[dict]]:
+    """Files to analyse (folders expanded, not recursively, hidden files ignored) and paths that do not exist."""
+    files: list[Path] = []
+    missing: list[dict] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")))
+        elif path.exists():
+            files.append(path)
+        else:
+            missing.append({"file": str(path), "reason": "no such file or folder", "error": "ImageLoadError"})
+    return files, missing
+
+
+def output_stem(path: Path, used: set[str]) -> str:
+    """A folder name for a photo: its file stem with unsafe characters replaced, made unique."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("._") or "photo"
+    name, k = stem, 1
+    while name in used or name in ("faceset",):
+        name = f"{stem}_{k}"
+        k += 1
+    used.add(name)
+    return name
+
+
+def analyze(
+    photos: list[Path] = typer.Argument(..., help="Photos and/or folders of photos of one person."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created)."),
+    policy: str = typer.Option("largest", help="Which face when a photo has several: largest, error, or an index."),
+    drop_outliers: bool = typer.Option(
+        False, "--drop-outliers", help="Leave out faces that look like another person."
+    ),
+    insightface: Path | None = typer.Option(
+        None, help="insightface model folder (antelopev2 / buffalo_l) to use ArcFace instead of dlib."
+    ),
+    face_landmarker: Path | None = typer.Option(None, help="A face_landmarker.task file (default: packaged copy)."),
+    min_face_px: float = typer.Option(40.0, help="Smallest usable face (sqrt of box area, pixels)."),
+    min_sharpness: float = typer.Option(20.0, help="Smallest usable Laplacian variance of the 112 px face crop."),
+) -> None:
+    """Analyse reference photos: crops, masks, landmarks, pose, identity, quality, set consistency."""
+    from tqdm import tqdm
+
+    from hifi_portrait.face import FaceAnalyzer, FaceSet, QualityConfig, load_image
+    from hifi_portrait.face.visualize import contact_sheet, landmark_overlay
+
+    with user_errors():
+        face_policy = parse_policy(policy)
+        out.mkdir(parents=True, exist_ok=True)
+        files, skipped = collect_inputs(list(photos))
+        analyzer = FaceAnalyzer(
+            quality=QualityConfig(min_face_px=min_face_px, min_sharpness=min_sharpness),
+            insightface_dir=insightface,
+            face_landmarker_path=face_landmarker,
+        )
+        analyses, folders, used, kept = [], [], set(), None
+        for path in tqdm(files, desc="analysing faces", unit="photo"):
+            try:
+                image = load_image(path)
+                analysis = analyzer.analyze(image, policy=face_policy, source=str(path))
+            except HiFiPortraitError as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                logger.warning("skipping %s: %s", path, exc)
+                skipped.append({"file": str(path), "reason": str(exc), "error": type(exc).__name__})
+                continue
+            folder = safe_child(out, output_stem(path, used))
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(analysis.arcface_crop).save(folder / "arcface.png")
+            Image.fromarray(analysis.encoder_crop).save(folder / "encoder.png")
+            Image.fromarray(analysis.mask).save(folder / "mask.png")
+            landmark_overlay(image, analysis).save(folder / "overlay.png")
+            analysis.save(folder / "analysis")
+            analyses.append(analysis)
+            folders.append(folder)
+
+        report: dict = {"inputs": [str(p) for p in photos], "policy": face_policy, "faces": [], "skipped": skipped}
+        if analyses:
+            fset = FaceSet.from_analyses(analyses)
+            kept = fset
+            if drop_outliers and fset.outliers:
+                try:
+                    kept = fset.without_outliers()
+                except NoUsableReferencesError:
+                    kept = None
+            to_fused = [float(a.identity @ (kept or fset).fused_identity) for a in analyses]
+            for i, (analysis, folder) in enumerate(zip(analyses, folders, strict=True)):
+                report["faces"].append(
+                    {
+                        "source": analysis.source,
+                        "folder": folder.name,
+                        "face_index": analysis.face_index,
+                        "bbox": [round(float(v), 2) for v in analysis.bbox],
+                        "det_score": round(analysis.det_score, 4),
+                        "pose": {k: round(v, 2) for k, v in analysis.pose.__dict__.items()},
+                        "quality": {k: (round(v, 4) if isinstance(v, float) else v)
+                                    for k, v in analysis.quality.__dict__.items()},
+                        "similarity_to_fused": round(to_fused[i], 4),
+                        "outlier": i in fset.outliers,
+                        "dropped": drop_outliers and i in fset.outliers,
+                    }
+                )
+            report |= {
+                "identity_model": fset.identity_model,
+                "same_person_threshold": fset.threshold,
+                "similarity": np.round(fset.similarity.astype(np.float64), 4).tolist(),
+                "outliers": [analyses[i].source for i in fset.outliers],
+                "dropped": [analyses[i].source for i in fset.outliers] if drop_outliers else [],
+                "mask_method": analyses[0].mask_method,
+                "faceset": "faceset",
+            }
+            if kept is not None:
+                kept.save(out / "faceset")
+            labels = [Path(a.source).name for a in analyses]
+            contact_sheet(analyses, labels, to_fused, fset.outliers).save(out / "contact_sheet.png")
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+
+        if not analyses or kept is None:
+            reasons = "; ".join(f"{Path(s['file']).name}: {s['error']}" for s in skipped[:5]) or "no input files"
+            if analyses:
+                reasons = "every face was flagged as an outlier"
+            raise NoUsableReferencesError(
+                f"no usable face among {len(files)} file(s) ({reasons}); see {out / 'report.json'} and give clear "
+                "photos with one visible face of the same person."
+            )
+        typer.echo(
+            f"{len(analyses)} face(s) analysed, {len(skipped)} file(s) skipped, "
+            f"{len(fset.outliers)} outlier(s){' dropped' if drop_outliers and fset.outliers else ''}; "
+            f"results in {out} (report.json, contact_sheet.png)"
+        )
