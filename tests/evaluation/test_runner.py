@@ -1,0 +1,198 @@
+"""The protocol runner end to end on real photos posing as generated images, with known expected values."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from hifi_portrait.errors import ConfigError, DatasetError
+from hifi_portrait.evaluation import load_manifest, write_comparison, write_report
+
+DLIB = "dlib-resnet-128"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, data_dir, evaluator):
+    """A manifest + a folder of 'generated' images whose correct scores are known."""
+    root = tmp_path_factory.mktemp("bench")
+    gen = root / "gen"
+    gen.mkdir()
+    shutil.copy(data_dir / "obama.jpg", gen / "e1_0.jpg")  # a copy of a reference: copy-paste max = +1
+    shutil.copy(data_dir / "obama3.jpg", gen / "e1_1.jpg")  # the ground truth itself: copy-paste = -1
+    shutil.copy(data_dir / "biden.jpg", gen / "e1_2.jpg")  # another person
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    Image.fromarray(np.full((128, 128, 3), 128, np.uint8)).save(gen / "e1_3.png")  # no face
+    (gen / "e1_4.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")  # unreadable
+    shutil.copy(data_dir / "astronaut.jpg", gen / "e2_0.jpg")
+
+    astro = evaluator.analyze(data_dir / "astronaut.jpg").face
+    target_lm = np.asarray(astro.landmarks, dtype=np.float64).copy()
+    target_lm[:, :2] += (3.0, 4.0)  # every point 5 px away from where it will be measured
+    np.save(root / "e2_landmarks.npy", target_lm)
+    iod = float(np.linalg.norm(target_lm[33, :2] - target_lm[263, :2]))
+    names = [k for k, v in astro.blendshapes.items() if v < 0.5][:2]
+    commanded_bs = {k: astro.blendshapes[k] + 0.25 for k in names}
+    manifest = {
+        "name": "unit-bench",
+        "generated_pattern": "{id}_*",
+        "entries": [
+            {
+                "id": "e1",
+                "references": [str(data_dir / "obama.jpg"), str(data_dir / "obama2.jpg")],
+                "ground_truth": str(data_dir / "obama3.jpg"),
+                "prompt": "a photo of a man",
+            },
+            {
+                "id": "e2",
+                "references": [str(data_dir / "astronaut.jpg")],
+                "prompt": "a photo of an astronaut",
+                "target": {
+                    "pose": {"yaw": astro.pose.yaw + 10.0, "pitch": astro.pose.pitch},
+                    "blendshapes": commanded_bs,
+                    "landmarks": "e2_landmarks.npy",
+                },
+            },
+            {"id": "e3", "references": [str(data_dir / "biden.jpg")], "prompt": "nothing was generated for this"},
+        ],
+    }
+    (root / "bench.yaml").write_text(yaml.safe_dump(manifest))
+    return {"root": root, "gen": gen, "iod": iod, "astro": astro, "rng": rng}
+
+
+@pytest.fixture(scope="module")
+def result(bench, evaluator):
+    return evaluator.evaluate(load_manifest(bench["root"] / "bench.yaml"), bench["gen"], method="copies")
+
+
+def test_rows_counts_and_detection_failures(result):
+    rows = {r["image"].rsplit("/", 1)[-1]: r for r in result.rows}
+    assert len(rows) == 6
+    assert not rows["e1_3.png"]["face_detected"] and "no usable face" in rows["e1_3.png"]["failure"]
+    assert not rows["e1_4.jpg"]["face_detected"] and "unreadable" in rows["e1_4.jpg"]["failure"]
+    assert result.summary["n_detected"] == 4
+    assert result.summary["detection_rate"] == pytest.approx(4 / 6)
+    assert result.summary["n_entries_without_images"] == 1
+
+
+def test_identity_and_copy_paste_known_values(result):
+    rows = {r["image"].rsplit("/", 1)[-1]: r for r in result.rows}
+    assert rows["e1_0.jpg"][f"copy_paste_max[{DLIB}]"] == pytest.approx(1.0, abs=1e-6)
+    assert rows["e1_1.jpg"][f"copy_paste[{DLIB}]"] == pytest.approx(-1.0, abs=1e-6)
+    assert rows["e1_1.jpg"][f"id_sim_gt[{DLIB}]"] == pytest.approx(1.0, abs=1e-6)
+    # same person scores higher than another person; the generated copy of a reference is similar to it
+    assert rows["e1_0.jpg"][f"id_sim[{DLIB}]"] > rows["e1_2.jpg"][f"id_sim[{DLIB}]"] + 0.05
+    assert rows["e2_0.jpg"][f"id_sim[{DLIB}]"] == pytest.approx(1.0, abs=1e-6)
+    e1 = next(e for e in result.entries if e["entry"] == "e1")
+    assert 0.0 < e1[f"ref_self_sim[{DLIB}]"] < 1.0
+
+
+def test_control_errors_known_values(result, bench):
+    row = next(r for r in result.rows if r["entry"] == "e2")
+    assert row["yaw_error"] == pytest.approx(10.0, abs=1.0)
+    assert row["pitch_error"] == pytest.approx(0.0, abs=1e-3)
+    assert "roll_error" not in row  # roll was not commanded
+    assert row["expression_error"] == pytest.approx(0.25, abs=1e-6)
+    assert row["landmark_nme"] == pytest.approx(5.0 / bench["iod"], rel=1e-6)
+
+
+def test_skipped_metrics_are_announced_not_faked(result):
+    text = " ".join(result.notices)
+    assert "CLIP-T and diversity skipped" in text and "FID/KID skipped" in text
+    assert not any("clip_t" in r for r in result.rows)
+    assert "fid" not in result.summary
+
+
+def test_report_files(result, tmp_path):
+    files = write_report(result, tmp_path / "ours")
+    assert {"csv", "json", "markdown", "id_plot", "pose_plot"} <= set(files)
+    with files["csv"].open() as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    data = json.loads(files["json"].read_text())
+    assert data["summary"]["n_images"] == 6 and data["method"] == "copies"
+    md = files["markdown"].read_text()
+    assert "| copies |" in md and "ID sim (dlib-resnet-128)" in md and "Notices" in md
+    other = dataclasses.replace(result, method="other")
+    comp = write_comparison([result, other], tmp_path / "cmp")
+    assert comp["markdown"].read_text().count("| copies |") == 1 and "| other |" in comp["markdown"].read_text()
+    assert comp["id_plot"].stat().st_size > 0
+
+
+def test_two_recognizers_are_both_reported(bench, data_dir, evaluator):
+    from hifi_portrait.evaluation import Evaluator
+    from hifi_portrait.face import Detection, DlibEmbedder
+
+    class MirroredDlib(DlibEmbedder):  # a second, genuinely different computation: dlib on the mirrored photo
+        name = "dlib-mirrored"
+
+        def embed(self, image, detection):
+            w = image.shape[1]
+            x1, y1, x2, y2 = detection.bbox
+            kps = detection.keypoints.copy()
+            kps[:, 0] = w - 1 - kps[:, 0]
+            kps = kps[[1, 0, 2, 4, 3]]
+            flipped = Detection(np.array([w - 1 - x2, y1, w - 1 - x1, y2]), detection.score, kps)
+            return super().embed(np.ascontiguousarray(image[:, ::-1]), flipped)
+
+    ev = Evaluator(analyzer=evaluator.analyzer, recognizers=[evaluator.analyzer.embedder, MirroredDlib()],
+                   progress=False)
+    res = ev.evaluate(load_manifest(bench["root"] / "bench.yaml"), bench["gen"], method="two")
+    row = next(r for r in res.rows if r["image"].endswith("e1_2.jpg"))
+    assert f"id_sim[{DLIB}]" in row and "id_sim[dlib-mirrored]" in row
+    assert row["id_sim[dlib-mirrored]"] != row[f"id_sim[{DLIB}]"]
+    assert res.recognizers == [DLIB, "dlib-mirrored"]
+
+
+# ------------------------------------------------------------------ bad input
+def _write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_bad_manifests_raise_clear_errors(tmp_path, data_dir):
+    ref = str(data_dir / "obama.jpg")
+    cases = [
+        ({"entries": []}, "non-empty list"),
+        ({"entries": [{"id": "a", "references": [ref], "colour": 1}]}, "unknown key"),
+        ({"entries": [{"id": "a", "references": [str(tmp_path / "nope.jpg")]}]}, "does not exist"),
+        ({"entries": [{"id": "a", "references": [ref]}, {"id": "a", "references": [ref]}]}, "duplicate id"),
+        ({"entries": [{"references": [ref]}]}, "missing 'id'"),
+        ({"entries": [{"id": "a", "references": [ref], "target": {"pose": {"yaw": 400}}}]}, "outside"),
+        ({"entries": [{"id": "a", "references": [ref], "target": {"blendshapes": {"jawOpen": 2}}}]}, r"\[0, 1\]"),
+        ({"generated_pattern": "*.png", "entries": [{"id": "a", "references": [ref]}]}, "must contain"),
+    ]
+    for i, (data, message) in enumerate(cases):
+        with pytest.raises(ConfigError, match=message):
+            load_manifest(_write(tmp_path / f"m{i}.yaml", data))
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_manifest(tmp_path / "broken.json")
+
+
+def test_empty_or_mismatched_generated_folders(tmp_path, data_dir, evaluator):
+    entries = [{"id": "a", "references": [str(data_dir / "obama.jpg")]}]
+    manifest = load_manifest(_write(tmp_path / "m.yaml", {"entries": entries}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="holds no images"):
+        evaluator.evaluate(manifest, empty)
+    with pytest.raises(DatasetError, match="does not exist"):
+        evaluator.evaluate(manifest, tmp_path / "missing")
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(data_dir / "biden.jpg", other / "zzz.jpg")
+    with pytest.raises(DatasetError, match="matches the manifest"):
+        evaluator.evaluate(manifest, other)
+    listed = load_manifest(
+        _write(tmp_path / "l.yaml", {"entries": [{"id": "a", "references": [str(data_dir / "obama.jpg")],
+                                                   "generated": ["gone.png"]}]})
+    )
+    with pytest.raises(ConfigError, match="not found"):
+        evaluator.evaluate(listed, other)
