@@ -1,0 +1,246 @@
+"""Expressions: the 52 blendshape names, named presets, and a linear expression basis on any face shape.
+
+The basis is *hand-designed*: for each of mediapipe's 52 ARKit-style blendshapes, a displacement field of the 478
+landmarks built from anatomical regions of the face mesh (jaw rotation about a hinge behind the cheeks, mouth
+corners pulled out/up/down, eyelids closing onto the opposite lid, brows raised or lowered, iris shifts). The
+fields are computed on the shape they will deform (eyelid closure uses that shape's own eye aperture), and sizes
+are scaled by the shape's eye-corner distance, so they transfer to any identity. An expression with scores
+``s`` (52 values in ``[0, 1]``) moves a neutral shape ``S`` to ``S + sum_k s_k B_k(S)``.
+
+"Left"/"Right" in blendshape names are the *subject's* sides (ARKit's convention): ``eyeBlinkLeft`` closes the
+eye on the image's right in a frontal photo (model-space ``x > 0``).
+
+Limits (see docs/landmarks.md): the fields are linear (large combined activations add up instead of saturating),
+their amplitudes are set by hand rather than learned, ``tongueOut`` has no landmark to move (zero field).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from hifi_portrait.errors import LandmarkError
+from hifi_portrait.landmarks import mesh as M
+
+#: mediapipe's 52 blendshape names (``_neutral`` excluded), in mediapipe's order.
+BLENDSHAPE_NAMES: tuple[str, ...] = (
+    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
+    "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight",
+    "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight",
+    "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen",
+    "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight",
+    "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight",
+    "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
+    "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft",
+    "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
+)  # fmt: skip
+BLENDSHAPE_INDEX = {name: i for i, name in enumerate(BLENDSHAPE_NAMES)}
+
+
+def _both(name: str, value: float) -> dict[str, float]:
+    return {f"{name}Left": value, f"{name}Right": value}
+
+
+#: Named expressions at intensity 1 (blendshape scores); intensity scales them linearly.
+PRESETS: dict[str, dict[str, float]] = {
+    "neutral": {},
+    "smile": {**_both("mouthSmile", 0.8), **_both("cheekSquint", 0.3), **_both("eyeSquint", 0.15)},
+    "laugh": {
+        **_both("mouthSmile", 1.0), "jawOpen": 0.35, **_both("mouthUpperUp", 0.3), **_both("mouthLowerDown", 0.3),
+        **_both("cheekSquint", 0.5), **_both("eyeSquint", 0.4),
+    },
+    "surprise": {
+        "browInnerUp": 0.9, **_both("browOuterUp", 0.8), **_both("eyeWide", 0.8), "jawOpen": 0.35, "mouthFunnel": 0.2,
+    },
+    "angry": {
+        **_both("browDown", 0.9), **_both("eyeSquint", 0.4), **_both("mouthPress", 0.5), **_both("mouthFrown", 0.3),
+        **_both("noseSneer", 0.3),
+    },
+    "sad": {"browInnerUp": 0.7, **_both("mouthFrown", 0.8), "mouthShrugLower": 0.3, **_both("eyeLookDown", 0.3)},
+    "eyes_closed": {**_both("eyeBlink", 1.0)},
+    "mouth_open": {"jawOpen": 0.6, **_both("mouthLowerDown", 0.2)},
+}  # fmt: skip
+
+
+def scores_to_vector(scores: Mapping[str, float]) -> np.ndarray:
+    """``(52,)`` float vector from a name -> score mapping; unknown names raise, ``_neutral`` is ignored."""
+    vec = np.zeros(len(BLENDSHAPE_NAMES))
+    for name, value in scores.items():
+        if name == "_neutral":
+            continue
+        if name not in BLENDSHAPE_INDEX:
+            close = [n for n in BLENDSHAPE_NAMES if n.lower() == name.lower()]
+            hint = f" (did you mean {close[0]!r}?)" if close else " (names are mediapipe's 52 ARKit blendshapes)"
+            raise LandmarkError(f"unknown blendshape {name!r}{hint}; known: {', '.join(BLENDSHAPE_NAMES)}.")
+        value = float(value)
+        if not math.isfinite(value) or not -1e-6 <= value <= 1 + 1e-6:
+            raise LandmarkError(f"blendshape {name}={value} must be a number in [0, 1].")
+        vec[BLENDSHAPE_INDEX[name]] = min(max(value, 0.0), 1.0)
+    return vec
+
+
+def preset_scores(name: str, intensity: float = 1.0) -> dict[str, float]:
+    """Blendshape scores of a named preset at ``intensity`` in ``[0, 1]``."""
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    if key not in PRESETS:
+        raise LandmarkError(f"unknown expression preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+    intensity = float(intensity)
+    if not math.isfinite(intensity) or not 0.0 <= intensity <= 1.0:
+        raise LandmarkError(f"expression intensity {intensity} must be in [0, 1].")
+    return {k: v * intensity for k, v in PRESETS[key].items()}
+
+
+def parse_expression(spec: str) -> dict[str, float]:
+    """``"smile"`` or ``"smile:0.6"`` -> blendshape scores (see :func:`preset_scores`)."""
+    name, _, value = spec.partition(":")
+    try:
+        intensity = float(value) if value else 1.0
+    except ValueError:
+        raise LandmarkError(f"bad expression {spec!r}: write NAME or NAME:INTENSITY, INTENSITY in [0, 1].") from None
+    return preset_scores(name, intensity)
+
+
+# --------------------------------------------------------------------------- basis construction
+def _soft_region(points: np.ndarray, indices: tuple[int, ...], sigma: float) -> np.ndarray:
+    """``(N,)`` weights: 1 on ``indices``, Gaussian fall-off (``sigma``) with the distance to the nearest of them."""
+    d2 = ((points[:, None, :] - points[None, list(indices), :]) ** 2).sum(-1).min(axis=1)
+    return np.exp(-d2 / (2 * sigma**2))
+
+
+def _gauss(points: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:
+    return np.exp(-((points - centre) ** 2).sum(-1) / (2 * sigma**2))
+
+
+def _side(points: np.ndarray, sign: float, width: float) -> np.ndarray:
+    """Smooth mask of one side of the face (``sign`` +1 = subject's left, model ``x > 0``)."""
+    return 1.0 / (1.0 + np.exp(-sign * points[:, 0] / width))
+
+
+def _jaw_weight(p: np.ndarray, unit: float) -> np.ndarray:
+    """Weight of each point in the lower jaw (1 on the lower lip and chin, 0 on the upper lip and above)."""
+    mouth_y = 0.5 * (p[M.INNER_LIP_TOP, 1] + p[M.INNER_LIP_BOTTOM, 1])
+    t = np.clip((mouth_y + 0.4 * unit - p[:, 1]) / (1.4 * unit), 0.0, 1.0)
+    w = t * t * (3 - 2 * t)
+    w[list(M.UPPER_LIP)] = 0.0
+    w[list(M.LOWER_LIP)] = 1.0
+    return w
+
+
+def expression_basis(shape: np.ndarray) -> np.ndarray:
+    """``(52, 478, 3)`` displacement fields of the 52 blendshapes at score 1 on ``shape`` (model space).
+
+    Args:
+        shape: ``(478, 3)`` neutral face in model space (any scale; amplitudes follow its eye-corner distance).
+    """
+    p = np.asarray(shape, dtype=np.float64)
+    if p.shape != (M.NUM_LANDMARKS, 3):
+        raise LandmarkError(f"expression_basis needs a (478, 3) shape, got {p.shape}.")
+    unit = float(np.linalg.norm(p[M.EYE_L_OUTER] - p[M.EYE_R_OUTER])) / 8.89  # canonical cm per shape unit
+    n = len(p)
+    basis = np.zeros((len(BLENDSHAPE_NAMES), n, 3))
+
+    def put(name: str, delta: np.ndarray) -> None:
+        basis[BLENDSHAPE_INDEX[name]] += delta
+
+    def vec(x: float, y: float, z: float) -> np.ndarray:
+        return np.array([x, y, z]) * unit
+
+    mouth_centre = 0.5 * (p[M.INNER_LIP_TOP] + p[M.INNER_LIP_BOTTOM])
+    mouth_region = _gauss(p, mouth_centre, 2.0 * unit)
+    upper_lip = np.zeros(n)
+    upper_lip[list(M.UPPER_LIP)] = 1.0
+    lower_lip = np.zeros(n)
+    lower_lip[list(M.LOWER_LIP)] = 1.0
+
+    # --- jaw: rotation about a hinge below the ears
+    jaw = _jaw_weight(p, unit)
+    hinge = np.array([0.0, p[M.NOSE_TIP, 1] + 1.0 * unit, p[M.NOSE_TIP, 2] - 13.5 * unit])
+    angle = math.radians(14.0)
+    rot = np.array([[1, 0, 0], [0, math.cos(angle), -math.sin(angle)], [0, math.sin(angle), math.cos(angle)]])
+    rel = p - hinge
+    jaw_open = jaw[:, None] * (rel @ rot.T - rel)
+    put("jawOpen", jaw_open)
+    put("mouthClose", -jaw_open * lower_lip[:, None])
+    put("jawForward", jaw[:, None] * vec(0, 0, 0.5))
+    put("jawLeft", jaw[:, None] * vec(0.5, 0, 0))
+    put("jawRight", jaw[:, None] * vec(-0.5, 0, 0))
+
+    # --- mouth
+    put("mouthPucker", mouth_region[:, None] * vec(0, 0, 0.5))
+    put("mouthFunnel", mouth_region[:, None] * vec(0, 0, 0.4))
+    put("mouthFunnel", upper_lip[:, None] * vec(0, 0.2, 0) + lower_lip[:, None] * vec(0, -0.2, 0))
+    put("mouthLeft", mouth_region[:, None] * vec(0.6, 0, 0))
+    put("mouthRight", mouth_region[:, None] * vec(-0.6, 0, 0))
+    put("mouthRollLower", lower_lip[:, None] * vec(0, 0.25, -0.2))
+    put("mouthRollUpper", upper_lip[:, None] * vec(0, -0.25, -0.2))
+    put("mouthShrugLower", np.maximum(lower_lip, jaw * _gauss(p, p[M.CHIN], 3.0 * unit))[:, None] * vec(0, 0.3, 0))
+    put("mouthShrugUpper", upper_lip[:, None] * vec(0, 0.2, 0))
+    for side, sign, corner in (("Left", 1.0, M.MOUTH_CORNER_L), ("Right", -1.0, M.MOUTH_CORNER_R)):
+        half = _side(p, sign, 0.3 * unit)
+        soft_half = _side(p, sign, 0.8 * unit)
+        around_corner = _gauss(p, p[corner], 1.0 * unit) * half
+        cheek = _gauss(p, p[corner] + vec(sign * 1.8, 3.0, -1.0), 1.6 * unit) * half
+        smile = around_corner[:, None] * vec(sign * 0.55, 0.55, -0.35) + cheek[:, None] * vec(0, 0.3, 0.1)
+        put(f"mouthSmile{side}", smile)
+        put(f"mouthFrown{side}", around_corner[:, None] * vec(-sign * 0.1, -0.45, 0))
+        put(f"mouthStretch{side}", around_corner[:, None] * vec(sign * 0.5, -0.25, -0.1))
+        put(f"mouthDimple{side}", around_corner[:, None] * vec(sign * 0.25, 0, -0.25))
+        put("mouthPucker", around_corner[:, None] * vec(-sign * 0.7, 0, 0))
+        put("mouthFunnel", around_corner[:, None] * vec(-sign * 0.4, 0, 0))
+        put(f"mouthUpperUp{side}", (upper_lip * soft_half)[:, None] * vec(0, 0.4, 0))
+        put(f"mouthLowerDown{side}", (lower_lip * soft_half)[:, None] * vec(0, -0.4, 0))
+        put(f"mouthPress{side}", ((upper_lip - lower_lip) * soft_half)[:, None] * vec(0, -0.12, 0))
+        cheek_puff = _gauss(p, p[corner] + vec(sign * 2.0, 1.0, -1.5), 1.8 * unit) * half
+        put("cheekPuff", cheek_puff[:, None] * vec(sign * 0.5, 0, 0.2))
+        cheek_raise = _gauss(p, p[corner] + vec(sign * 1.6, 3.8, -1.0), 1.5 * unit)
+        put(f"cheekSquint{side}", cheek_raise[:, None] * vec(0, 0.3, 0))
+        nose_wing = _gauss(p, p[M.NOSE_TIP] + vec(sign * 1.3, -0.6, -1.5), 0.7 * unit)
+        put(f"noseSneer{side}", nose_wing[:, None] * vec(0, 0.25, 0))
+
+    # --- eyes and brows
+    eyes = (
+        ("Left", 1.0, M.UPPER_LID_L, M.LOWER_LID_L, M.UPPER_LID_RING_L, M.LOWER_LID_RING_L, M.LEFT_IRIS, M.BROW_L,
+         M.BROW_INNER_L, M.BROW_OUTER_L),
+        ("Right", -1.0, M.UPPER_LID_R, M.LOWER_LID_R, M.UPPER_LID_RING_R, M.LOWER_LID_RING_R, M.RIGHT_IRIS, M.BROW_R,
+         M.BROW_INNER_R, M.BROW_OUTER_R),
+    )  # fmt: skip
+    for side, sign, upper, lower, upper_ring, lower_ring, iris, brow, brow_inner, brow_outer in eyes:
+        upper, lower, upper_ring, lower_ring = (np.array(x[1:-1]) for x in (upper, lower, upper_ring, lower_ring))
+        gap = p[upper, 1] - p[lower, 1]  # per-column aperture of this shape's eye (>= 0 when open)
+        gap = np.maximum(gap, 0.05 * unit)
+        ring_gap = np.maximum(p[upper_ring, 1] - p[lower_ring, 1], gap)
+
+        def lids(up: float, low: float, ring: float = 0.5, upper=upper, lower=lower, upper_ring=upper_ring,
+                 lower_ring=lower_ring, gap=gap) -> np.ndarray:  # fmt: skip
+            d = np.zeros((n, 3))
+            d[upper, 1] += up * gap
+            d[lower, 1] += low * gap
+            d[upper_ring, 1] += ring * up * gap
+            d[lower_ring, 1] += ring * low * gap
+            return d
+
+        put(f"eyeBlink{side}", lids(-0.95, 0.05, ring=0.45 * float(np.mean(gap / ring_gap)) + 0.2))
+        put(f"eyeWide{side}", lids(0.35, -0.05))
+        put(f"eyeSquint{side}", lids(-0.1, 0.3))
+        iris_idx = list(iris)
+        basis[BLENDSHAPE_INDEX[f"eyeLookOut{side}"], iris_idx] += vec(sign * 0.35, 0, 0)
+        basis[BLENDSHAPE_INDEX[f"eyeLookIn{side}"], iris_idx] += vec(-sign * 0.35, 0, 0)
+        basis[BLENDSHAPE_INDEX[f"eyeLookUp{side}"], iris_idx] += vec(0, 0.25, 0)
+        basis[BLENDSHAPE_INDEX[f"eyeLookDown{side}"], iris_idx] += vec(0, -0.25, 0)
+        put(f"eyeLookUp{side}", lids(0.1, 0.05))
+        put(f"eyeLookDown{side}", lids(-0.2, -0.05))
+
+        brow_w = _soft_region(p, brow, 0.6 * unit) * _side(p, sign, 0.3 * unit)
+        inner_w = _soft_region(p, brow_inner, 0.8 * unit) * _side(p, sign, 0.3 * unit)
+        outer_w = _soft_region(p, brow_outer, 0.8 * unit)
+        put(f"browDown{side}", brow_w[:, None] * vec(-sign * 0.12, -0.45, 0) + inner_w[:, None] * vec(0, -0.1, 0))
+        put("browInnerUp", inner_w[:, None] * vec(0, 0.6, 0))
+        put(f"browOuterUp{side}", outer_w[:, None] * vec(0, 0.5, 0))
+    return basis
+
+
+def apply_expression(shape: np.ndarray, basis: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``shape + sum_k scores_k basis_k``: ``(478, 3)`` shape, ``(52, 478, 3)`` basis, ``(52,)`` scores."""
+    return shape + np.tensordot(scores, basis, axes=1)
