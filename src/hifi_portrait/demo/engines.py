@@ -1,0 +1,178 @@
+"""Adapters between the demo and the library: the landmark backend and the portrait generator.
+
+The page only needs three small capabilities (see the protocols in :mod:`hifi_portrait.demo.callbacks`); these
+classes provide them with :mod:`hifi_portrait.landmarks` and :mod:`hifi_portrait.pipelines`, and tests may pass
+their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from hifi_portrait.errors import HiFiPortraitError
+
+if TYPE_CHECKING:
+    from hifi_portrait.demo.callbacks import TargetSpec
+    from hifi_portrait.demo.weights import WeightsConfig
+    from hifi_portrait.face.types import FaceAnalysis
+
+logger = logging.getLogger(__name__)
+
+
+class DefaultLandmarkBackend:
+    """Identity shape fitting and landmark maps with :mod:`hifi_portrait.landmarks`.
+
+    ``styles`` are the map styles of :func:`hifi_portrait.landmarks.render.render_map` (ours first) and
+    ``presets`` the expression presets of :data:`hifi_portrait.landmarks.expression.PRESETS`.
+    """
+
+    def __init__(self) -> None:
+        from hifi_portrait.landmarks.expression import PRESETS
+        from hifi_portrait.landmarks.render import STYLES
+
+        self.styles: tuple[str, ...] = tuple(STYLES)
+        self.presets: tuple[str, ...] = tuple(PRESETS)
+        self._neutral = None
+
+    def fit(self, analyses: list[FaceAnalysis]) -> Any:
+        """The references' neutral 3D identity shape (:class:`~hifi_portrait.landmarks.shape.IdentityShape`)."""
+        from hifi_portrait.landmarks.shape import fit_identity_shape
+
+        return fit_identity_shape(analyses)
+
+    def neutral(self) -> Any:
+        """mediapipe's canonical face, shown before any reference is analysed."""
+        if self._neutral is None:
+            from hifi_portrait.landmarks.shape import IdentityShape
+
+            self._neutral = IdentityShape.canonical()
+        return self._neutral
+
+    def render(self, shape: Any, target: TargetSpec, size: tuple[int, int], style: str) -> np.ndarray:
+        """``(H, W, 3)`` uint8 landmark map of ``shape`` with the target's pose and expression.
+
+        With a driver, the driver's pose and expression are used and the sliders ignored.
+        """
+        from hifi_portrait.landmarks.generate import generate_landmarks, make_target
+        from hifi_portrait.landmarks.render import render_map
+
+        if target.driver is not None:
+            attrs = make_target(driver=target.driver)
+        else:
+            expression = f"{target.preset}:{target.intensity:g}" if target.preset else None
+            attrs = make_target(
+                yaw=target.yaw,
+                pitch=target.pitch,
+                roll=target.roll,
+                expression=expression,
+                blendshapes=target.blendshapes or None,
+            )
+        return render_map(generate_landmarks(shape, attrs, size=size), style)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Makes one portrait: ``(H, W, 3)`` uint8 from the kept references and a landmark map."""
+
+    def __call__(
+        self,
+        references: list[FaceAnalysis],
+        landmark_map: np.ndarray,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        seed: int,
+        steps: int,
+        id_scale: float,
+        control_scale: float,
+    ) -> np.ndarray: ...
+
+
+class PipelineGenerator:
+    """A :class:`Generator` around the hifi-portrait SDXL pipeline, loaded from files on first use.
+
+    Args:
+        pipe: an already loaded pipeline (then ``weights`` is not used).
+        weights: model files to load the pipeline from (checked when the first portrait is asked for).
+        device: torch device for a loaded pipeline.
+    """
+
+    def __init__(self, pipe: Any = None, weights: WeightsConfig | None = None, device: str = "cpu") -> None:
+        self._pipe = pipe
+        self._weights = weights
+        self._device = device
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._pipe is None:
+                if self._weights is None:
+                    raise HiFiPortraitError("no pipeline and no weights given to the demo")
+                self._weights.require()
+                self._pipe = load_pipeline(self._weights, self._device)
+        return self._pipe
+
+    def __call__(
+        self,
+        references: list[FaceAnalysis],
+        landmark_map: np.ndarray,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        seed: int,
+        steps: int,
+        id_scale: float,
+        control_scale: float,
+    ) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        pipe = self._load()
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        height, width = landmark_map.shape[:2]
+        out = pipe(
+            prompt=prompt,
+            negative_prompt=negative_prompt or None,
+            reference_faces=references,
+            landmark_map=Image.fromarray(landmark_map),
+            id_scale=id_scale,
+            control_scale=control_scale,
+            num_inference_steps=steps,
+            height=height,
+            width=width,
+            generator=generator,
+            output_type="np",
+        )
+        image = np.asarray(out.images[0])
+        if image.dtype != np.uint8:
+            image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return image
+
+
+def load_pipeline(weights: WeightsConfig, device: str = "cpu") -> Any:
+    """Load the hifi-portrait SDXL pipeline from an SDXL folder, the adapter file and a CLIP vision encoder."""
+    try:
+        from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
+    except ImportError as exc:
+        raise HiFiPortraitError(
+            f"this version of hifi-portrait has no generation pipeline yet ({exc}); analysis and landmark "
+            "previews still work"
+        ) from exc
+    from transformers import CLIPVisionModelWithProjection
+
+    encoder_dir = str(weights.resolved_image_encoder())
+    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_dir, use_safetensors=True)
+    pipe = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(
+        str(weights.base), image_encoder=encoder, use_safetensors=True
+    )
+    pipe.load_hifi_portrait(str(weights.adapter))
+    return pipe.to(device)
+
+
+def pipeline_generator(pipe: Any = None, *, weights: WeightsConfig | None = None, device: str = "cpu") -> Generator:
+    """A :class:`Generator` from a loaded pipeline, or one that loads it from ``weights`` on first use."""
+    return PipelineGenerator(pipe=pipe, weights=weights, device=device)
