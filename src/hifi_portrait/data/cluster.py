@@ -1,0 +1,227 @@
+"""Identity clustering of unit identity vectors, and cluster purification.
+
+1. k-NN graph with faiss (exact inner product below ``FLAT_LIMIT`` vectors, IVF or HNSW above), edges kept when the
+   cosine similarity reaches the same-person threshold (optionally only mutual k-NN edges);
+2. connected components of that graph (scipy's C implementation, i.e. union-find);
+3. purification: members whose cosine to their cluster centroid is below ``outlier_threshold`` are dropped
+   (label ``-1``: they break the "single link" chains), clusters whose centroids are closer than
+   ``merge_threshold`` are merged (one person split in two), and near-duplicate images (same aligned face up to
+   a few bits of a perceptual hash, near-identical identity vector) are dropped, keeping the best-quality one.
+
+:func:`pairwise_precision_recall` scores a clustering against labels (pairs of images put together).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+logger = logging.getLogger(__name__)
+
+FLAT_LIMIT = 200_000
+
+
+@dataclass
+class ClusterParams:
+    """Resolved clustering parameters (no ``None``: defaults already derived from the threshold)."""
+
+    threshold: float
+    k: int = 10
+    mutual: bool = False
+    outlier_threshold: float | None = None
+    merge_threshold: float | None = None
+    index: str = "auto"
+
+    def resolved(self) -> tuple[float, float]:
+        outlier = self.threshold if self.outlier_threshold is None else self.outlier_threshold
+        merge = (
+            self.threshold + 0.25 * (1.0 - self.threshold) if self.merge_threshold is None else self.merge_threshold
+        )
+        return float(outlier), float(merge)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_search(vectors: np.ndarray, k: int, index: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours (inner product) of every vector among all vectors, itself included.
+
+    Args:
+        vectors: ``(N, D)`` float32 unit vectors.
+        k: neighbours per vector (clipped to ``N``).
+        index: ``flat`` (exact), ``ivf`` (inverted lists, ``4 sqrt(N)`` lists, 8 probed), ``hnsw``, or ``auto``.
+
+    Returns:
+        ``(similarities (N, k) float32, indices (N, k) int64)``; missing neighbours have index ``-1``.
+    """
+    import faiss
+
+    n, d = vectors.shape
+    k = min(k, n)
+    if index == "auto":
+        index = "flat" if n < FLAT_LIMIT else "ivf"
+    if index == "flat":
+        faiss_index = faiss.IndexFlatIP(d)
+    elif index == "hnsw":
+        faiss_index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        faiss_index.hnsw.efConstruction = 40
+        faiss_index.hnsw.efSearch = max(2 * k, 32)
+    elif index == "ivf":
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        quantizer = faiss.IndexFlatIP(d)
+        faiss_index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        train = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+        faiss_index.cp.seed = 0
+        faiss_index.train(train)
+        faiss_index.nprobe = min(nlist, 8)
+    else:
+        raise ValueError(f"unknown index {index!r}")
+    faiss_index.add(vectors)
+    sims, idx = faiss_index.search(vectors, k)
+    return sims, idx
+
+
+def _components(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n)).tocsr()
+    _, labels = connected_components(graph, directed=False)
+    return _relabel(labels)
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Renumber cluster ids ``0..C-1`` by first appearance (deterministic); ``-1`` stays ``-1``."""
+    out = np.full(len(labels), -1, dtype=np.int64)
+    valid = labels >= 0
+    if valid.any():
+        _, first, inverse = np.unique(labels[valid], return_index=True, return_inverse=True)
+        order = np.argsort(np.argsort(first))
+        out[valid] = order[inverse]
+    return out
+
+
+def centroids_of(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(C, D)`` unit mean vector of each cluster ``0..C-1`` (``labels`` ``-1`` ignored)."""
+    n_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    sums = np.zeros((n_clusters, vectors.shape[1]), dtype=np.float64)
+    valid = labels >= 0
+    np.add.at(sums, labels[valid], vectors[valid])
+    return _normalize(sums)
+
+
+def graph_clusters(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:
+    """Connected components of the thresholded k-NN graph: ``(N,)`` int64 cluster ids ``0..C-1``."""
+    n = len(vectors)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    sims, idx = knn_search(vectors, params.k + 1, params.index)
+    rows = np.repeat(np.arange(n), idx.shape[1])
+    cols = idx.ravel()
+    keep = (cols >= 0) & (sims.ravel() >= params.threshold) & (cols != rows)
+    rows, cols = rows[keep], cols[keep]
+    if params.mutual:
+        codes = rows.astype(np.int64) * n + cols
+        mutual = np.isin(cols.astype(np.int64) * n + rows, codes)
+        rows, cols = rows[mutual], cols[mutual]
+    return _components(n, rows, cols)
+
+
+def purify(vectors: np.ndarray, labels: np.ndarray, outlier_threshold: float, merge_threshold: float) -> np.ndarray:
+    """Drop members far from their cluster centroid (label ``-1``), then merge clusters with close centroids."""
+    labels = labels.copy()
+    for _ in range(2):  # the centroid moves once its outliers are gone: a second pass settles it
+        cents = centroids_of(vectors, labels)
+        valid = labels >= 0
+        sim = np.einsum("nd,nd->n", vectors[valid], cents[labels[valid]])
+        sizes = np.bincount(labels[valid], minlength=len(cents))
+        drop = (sim < outlier_threshold) & (sizes[labels[valid]] > 1)
+        idx = np.flatnonzero(valid)[drop]
+        labels[idx] = -1
+        labels = _relabel(labels)
+    # merge: clusters whose centroids are closer than merge_threshold
+    cents = centroids_of(vectors, labels)
+    if len(cents) > 1:
+        sims, idx = knn_search(cents, min(len(cents), 8), "auto")
+        rows = np.repeat(np.arange(len(cents)), idx.shape[1])
+        cols = idx.ravel()
+        keep = (cols >= 0) & (sims.ravel() >= merge_threshold) & (cols != rows)
+        merged = _components(len(cents), rows[keep], cols[keep])
+        valid = labels >= 0
+        labels[valid] = merged[labels[valid]]
+        labels = _relabel(labels)
+    return labels
+
+
+def cluster_identities(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:
+    """Cluster identity vectors: ``(N,)`` int64 ids ``0..C-1``, ``-1`` for outliers removed by purification."""
+    vectors = _normalize(vectors)
+    labels = graph_clusters(vectors, params)
+    outlier, merge = params.resolved()
+    labels = purify(vectors, labels, outlier, merge)
+    logger.info(
+        "clustered %d vectors into %d identities (%d outliers dropped)",
+        len(vectors),
+        int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0,
+        int((labels < 0).sum()),
+    )
+    return labels
+
+
+def near_duplicates(
+    hashes: np.ndarray, vectors: np.ndarray, quality: np.ndarray, groups: np.ndarray, max_bits: int, min_cosine: float
+) -> np.ndarray:
+    """For each image, the index of the better image of the same group it duplicates, or ``-1``: ``(N,)`` int64.
+
+    Two images of one group are duplicates when their 64-bit dHashes differ in at most ``max_bits`` bits and their
+    identity cosine is at least ``min_cosine``; of each duplicate set, the highest ``quality`` (then first) stays.
+    """
+    drop = np.full(len(hashes), -1, dtype=np.int64)
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    vectors = _normalize(vectors) if len(vectors) else vectors
+    for g in np.unique(groups[groups >= 0]):
+        members = np.flatnonzero(groups == g)
+        if len(members) < 2:
+            continue
+        order = members[np.lexsort((members, -quality[members]))]  # best first, ties by position
+        kept: list[int] = []
+        for i in order:
+            if kept:
+                x = np.bitwise_xor(hashes[kept], hashes[i])
+                bits = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+                cos = vectors[kept] @ vectors[i]
+                hit = np.flatnonzero((bits <= max_bits) & (cos >= min_cosine))
+                if len(hit):
+                    drop[i] = kept[int(hit[0])]
+                    continue
+            kept.append(int(i))
+    return drop
+
+
+def pairwise_precision_recall(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """Pairwise precision and recall of a clustering ``pred`` against labels ``true`` (both ``(N,)`` ints).
+
+    A pair of images is "predicted together" when both have the same ``pred`` id ``>= 0`` (images with ``-1``
+    are singletons). Precision = correct predicted pairs / predicted pairs; recall = correct / true pairs.
+    """
+    pred = np.asarray(pred).copy()
+    true = np.asarray(true)
+    singles = pred < 0
+    pred[singles] = pred.max(initial=0) + 1 + np.arange(singles.sum())
+
+    def pairs(counts: np.ndarray) -> float:
+        counts = counts.astype(np.float64)
+        return float((counts * (counts - 1) / 2).sum())
+
+    _, joint = np.unique(np.stack([pred, true]), axis=1, return_counts=True)
+    tp = pairs(joint)
+    pred_pairs = pairs(np.unique(pred, return_counts=True)[1])
+    true_pairs = pairs(np.unique(true, return_counts=True)[1])
+    precision = tp / pred_pairs if pred_pairs else 1.0
+    recall = tp / true_pairs if true_pairs else 1.0
+    return precision, recall

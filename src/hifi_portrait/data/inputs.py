@@ -1,0 +1,168 @@
+"""Input enumeration: folders (recursive), tar / WebDataset shards, CSV or Parquet lists of paths.
+
+Every input image becomes an :class:`InputItem` with a stable, unique ``key`` (the order of items is the sorted
+order of keys, so that a re-run plans exactly the same analysis shards), an optional identity ``label`` and a way
+to read its bytes (:func:`read_item_bytes`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hifi_portrait.errors import DatasetError, ImageLoadError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input image.
+
+    Attributes:
+        key: unique, stable name of the image (its path, or ``tar path::member``).
+        path: file to read (the image itself, or the tar archive that holds it).
+        member: name of the image inside the tar archive, or ``""`` for a plain file.
+        label: identity label given by the user (folder name or list column), or ``""`` when unknown.
+    """
+
+    key: str
+    path: str
+    member: str = ""
+    label: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _from_folder(root: Path, use_labels: bool) -> list[InputItem]:
+    items = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name)):
+        rel = path.relative_to(root)
+        label = rel.parts[0] if use_labels and len(rel.parts) > 1 else ""
+        items.append(InputItem(key=str(path), path=str(path), label=label))
+    return items
+
+
+def _from_tar(path: Path, use_labels: bool) -> list[InputItem]:
+    try:
+        with tarfile.open(path) as tar:
+            names = sorted(m.name for m in tar.getmembers() if m.isfile() and _is_image(m.name))
+    except (tarfile.TarError, OSError) as exc:
+        raise DatasetError(f"cannot read tar archive {path}: {exc}; check that the file is a complete tar") from None
+    items = []
+    for name in names:
+        parts = Path(name).parts
+        label = parts[0] if use_labels and len(parts) > 1 else ""
+        items.append(InputItem(key=f"{path}::{name}", path=str(path), member=name, label=label))
+    return items
+
+
+def _from_table(path: Path) -> list[InputItem]:
+    """CSV / Parquet with a ``path`` column and an optional ``label`` (or ``identity``) column."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        rows = table.to_pylist()
+    else:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    if not rows:
+        return []
+    if "path" not in rows[0]:
+        raise DatasetError(f"{path} has no 'path' column (columns: {', '.join(rows[0])}); add one with image paths")
+    label_col = "label" if "label" in rows[0] else "identity" if "identity" in rows[0] else None
+    items = []
+    for row in rows:
+        img = Path(str(row["path"]))
+        if not img.is_absolute():
+            img = path.parent / img
+        label = str(row[label_col]) if label_col and row[label_col] not in (None, "") else ""
+        items.append(InputItem(key=str(img), path=str(img), label=label))
+    return items
+
+
+def enumerate_inputs(inputs: list[str | Path], labels: str = "auto") -> tuple[list[InputItem], bool]:
+    """List every image of ``inputs`` (folders, tar archives, CSV/Parquet lists, single image files).
+
+    Args:
+        inputs: paths given by the user.
+        labels: ``"folders"`` (first sub-folder under each input folder or tar is the identity), ``"column"``
+            (label column of CSV/Parquet lists), ``"none"``, or ``"auto"`` (labels from a list's label column;
+            from folders when every input folder holds its images in sub-folders only).
+
+    Returns:
+        ``(items sorted by key, labelled)`` where ``labelled`` says whether identity labels are in use.
+
+    Raises:
+        DatasetError: an input does not exist, or nothing was found, or a key appears twice.
+    """
+    if labels == "auto":
+        folder_labels = all(
+            Path(p).is_dir() and not any(c.is_file() and _is_image(c.name) for c in Path(p).iterdir())
+            for p in inputs
+            if Path(p).is_dir()
+        ) and any(Path(p).is_dir() for p in inputs)
+    else:
+        folder_labels = labels == "folders"
+    use_column = labels in ("auto", "column")
+    items: list[InputItem] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise DatasetError(
+                f"input {path} does not exist; pass folders, .tar shards, .csv/.parquet lists or images"
+            )
+        if path.is_dir():
+            items.extend(_from_folder(path, folder_labels))
+        elif path.suffix.lower() == ".tar" or path.name.lower().endswith((".tar.gz", ".tgz")):
+            items.extend(_from_tar(path, folder_labels))
+        elif path.suffix.lower() in (".csv", ".parquet"):
+            found = _from_table(path)
+            items.extend(found if use_column else [InputItem(i.key, i.path) for i in found])
+        elif _is_image(path.name):
+            items.append(InputItem(key=str(path), path=str(path)))
+        else:
+            raise DatasetError(f"input {path} is not a folder, tar archive, csv/parquet list or image file")
+    if not items:
+        raise DatasetError(
+            f"no images found in {', '.join(map(str, inputs))} (extensions: {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    items.sort(key=lambda i: i.key)
+    keys = [i.key for i in items]
+    dupes = sorted({k for a, k in zip(keys, keys[1:], strict=False) if a == k})
+    if dupes:
+        logger.warning("%d image(s) listed twice; keeping one of each (e.g. %s)", len(dupes), dupes[0])
+        items = [i for n, i in enumerate(items) if n == 0 or i.key != items[n - 1].key]
+    labelled = any(i.label for i in items)
+    if labels in ("folders", "column") and not labelled:
+        raise DatasetError(f"labels={labels!r} was asked for but no input carries identity labels")
+    return items, labelled
+
+
+def read_item_bytes(item: InputItem) -> bytes:
+    """The raw bytes of an input image.
+
+    Raises:
+        ImageLoadError: the file or tar member is missing or unreadable.
+    """
+    try:
+        if not item.member:
+            return Path(item.path).read_bytes()
+        with tarfile.open(item.path) as tar:
+            handle = tar.extractfile(item.member)
+            if handle is None:
+                raise ImageLoadError(f"{item.key}: not a regular file in the archive")
+            return handle.read()
+    except (OSError, tarfile.TarError, KeyError) as exc:
+        raise ImageLoadError(f"{item.key}: cannot read ({exc}); check the file exists and is readable") from None
