@@ -56,7 +56,7 @@ class SelectionConfig:
     max_refs: int = 4  # references per identity (at least 1)
     max_targets: int = 4  # held-out targets per identity (at least 1)
     pose_scale: float = 30.0  # degrees counted as one unit of the pose/expression distance
-    expression_weight: float = 1.0  # weight of the 52 blendshape scores in the diversity distance
+    expression_weight: float = 1.0  # weight of the 51 blendshape scores in the diversity distance
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Per identity, the choice of references and held-out targets that maximise pose and expression diversity.
 
 Each image is a point in a "pose + expression" space: ``(yaw, pitch, roll) / pose_scale`` concatenated with the
-52 blendshape scores times ``expression_weight``. References are picked by farthest-point sampling starting from the
+51 blendshape scores times ``expression_weight``. References are picked by farthest-point sampling starting from the
 best-quality image; targets by farthest-point sampling among the remaining images, measured against the references
 already chosen, so that targets show poses/expressions the references do not (what the model must learn to render).
 """
@@ -12,7 +12,7 @@ import numpy as np
 
 
 def diversity_features(pose: np.ndarray, blendshapes: np.ndarray, pose_scale: float, expression_weight: float):
-    """``(N, 3 + 52)`` float64 features: pose in units of ``pose_scale`` degrees, weighted blendshapes."""
+    """``(N, 3 + 51)`` float64 features: pose in units of ``pose_scale`` degrees, weighted blendshapes."""
     return np.concatenate(
         [np.asarray(pose, np.float64) / pose_scale, np.asarray(blendshapes, np.float64) * expression_weight], axis=1
     )

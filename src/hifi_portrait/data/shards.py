@@ -54,7 +54,7 @@ class ShardResult:
             ones have ``stage`` and ``reason``; successful ones have scalar analysis fields and ``row``, their
             row in the arrays.
         arrays: ``identity (n, D) float32``, ``landmarks (n, 478, 3) float32``, ``keypoints (n, 5, 2)``,
-            ``bbox (n, 4)``, ``blendshapes (n, 52) float32``, ``pose (n, 3)`` (yaw, pitch, roll in degrees).
+            ``bbox (n, 4)``, ``blendshapes (n, 51) float32``, ``pose (n, 3)`` (yaw, pitch, roll in degrees).
         blobs: per successful image, encoded bytes by name (``crop`` JPEG of the encoder crop, ``mask`` PNG).
     """
 

@@ -32,7 +32,7 @@ from hifi_portrait.face.types import FaceAnalysis
 
 logger = logging.getLogger(__name__)
 
-#: mediapipe's 52 blendshape names (``_neutral`` excluded), in mediapipe's order; the columns of ``blendshapes``.
+#: mediapipe's blendshape names (51: its 52 minus ``_neutral``), in mediapipe's order; the columns of ``blendshapes``.
 BLENDSHAPE_NAMES = (
     "browDownLeft browDownRight browInnerUp browOuterUpLeft browOuterUpRight cheekPuff cheekSquintLeft "
     "cheekSquintRight eyeBlinkLeft eyeBlinkRight eyeLookDownLeft eyeLookDownRight eyeLookInLeft eyeLookInRight "
