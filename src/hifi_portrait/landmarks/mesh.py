@@ -163,6 +163,15 @@ def canonical_mesh() -> CanonicalMesh:
 
 
 @functools.lru_cache(maxsize=1)
+def stable_weights() -> np.ndarray:
+    """``(468,)`` weights of the skull-fixed points used to define head pose: uniform over mediapipe's procrustes
+    points minus the two on the jaw line (they move when the mouth opens), normalized to sum 1."""
+    w = (canonical_mesh().procrustes_weights > 0).astype(np.float64)
+    w[canonical_mesh().vertices[:, 1] < -3.0] = 0.0  # below the mouth corners: jaw
+    return w / w.sum()
+
+
+@functools.lru_cache(maxsize=1)
 def canonical_landmarks() -> np.ndarray:
     """``(478, 3)`` canonical shape: the 468 mesh vertices plus 10 iris points placed in the canonical eyes.
 

@@ -192,8 +192,7 @@ def overlay(image: np.ndarray, condition: np.ndarray, alpha: float = 0.6) -> np.
 def warp_reference(image: np.ndarray, ref_landmarks: np.ndarray, gen: GeneratedLandmarks) -> np.ndarray:
     """Move a reference photo onto the target canvas by the 2D similarity that best maps its stable landmarks onto
     the generated ones (for previews: the photo shows where the face was, the map where it will be)."""
-    weights = M.canonical_mesh().procrustes_weights
-    idx = np.flatnonzero(weights > 0)
+    idx = np.flatnonzero(M.stable_weights() > 0)
     matrix, _ = cv2.estimateAffinePartial2D(
         ref_landmarks[idx, :2].astype(np.float32), gen.points2d[idx].astype(np.float32), method=cv2.LMEDS
     )

@@ -3,8 +3,8 @@
 Method (details and limits in docs/landmarks.md):
 
 1. each reference's 478 landmarks (pixels, mediapipe convention) are turned into model space (``y`` up, ``z``
-   towards the camera) and aligned to the canonical mesh by a weighted similarity (Umeyama) over mediapipe's 33
-   expression-stable "procrustes" points: this removes position, scale and head rotation;
+   towards the camera) and aligned to the canonical mesh by a weighted similarity (Umeyama) over mediapipe's
+   expression-stable "procrustes" points (jaw excluded): this removes position, scale and head rotation;
 2. the reference's expression is removed by subtracting the hand-designed expression fields
    (:func:`~hifi_portrait.landmarks.expression.expression_basis`) weighted by its detected blendshape scores;
    the fields are computed on the current estimate of the neutral shape (two passes);
@@ -91,14 +91,17 @@ def to_model_space(landmarks_px: np.ndarray) -> np.ndarray:
 
 
 def align_to_canonical(points_model: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """Similarity-align model-space landmarks to the canonical mesh over mediapipe's procrustes points.
+    """Similarity-align model-space landmarks to the canonical mesh over the skull-fixed points.
+
+    The points are mediapipe's pose-estimation ("procrustes") points without the jaw
+    (:func:`~hifi_portrait.landmarks.mesh.stable_weights`), so an open mouth does not tilt the estimate.
 
     Returns:
         ``(aligned (478, 3), scale, rotation (3, 3), translation (3,))`` with ``aligned = s R p + t``; ``R`` is
         the inverse of the face's head rotation (so :func:`pose_from_rotation` of ``R.T`` is its pose).
     """
     mesh = M.canonical_mesh()
-    weights = mesh.procrustes_weights + 0.02 / M.NUM_MESH  # a little weight on every point keeps it well posed
+    weights = M.stable_weights() + 0.02 / M.NUM_MESH  # a little weight on every point keeps it well posed
     s, rot, t = umeyama(points_model[: M.NUM_MESH], mesh.vertices, weights)
     return s * points_model @ rot.T + t, s, rot, t
 
