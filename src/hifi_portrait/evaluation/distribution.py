@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy import linalg
 
 logger = logging.getLogger(__name__)
 
@@ -22,36 +21,57 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
-) -> float:
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (negative round-off clipped to 0)."""
+    w, v = np.linalg.eigh((sigma + sigma.T) / 2.0)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """``Tr((sigma1 sigma2)^{1/2})`` for symmetric PSD matrices.
+
+    ``sigma1 sigma2`` is similar to the PSD matrix ``sigma1^{1/2} sigma2 sigma1^{1/2}``, so the trace of its
+    principal square root is the sum of the square roots of that matrix's (non-negative) eigenvalues. This is
+    the same quantity that pytorch-fid obtains with ``scipy.linalg.sqrtm``, without complex round-off and exact
+    for singular covariances (fewer samples than dimensions).
+    """
+    s1 = _psd_sqrt(np.asarray(sigma1, dtype=np.float64))
+    w = np.linalg.eigvalsh(s1 @ np.asarray(sigma2, dtype=np.float64) @ s1)
+    return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Fréchet (2-Wasserstein) distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``.
 
-    ``d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2})`` (Dowson & Landau 1982), the
-    quantity that FID reports (Heusel et al. 2017). The matrix square root is :func:`scipy.linalg.sqrtm`; when
-    the product is singular, ``eps`` is added to the diagonals (as pytorch-fid does), and a negligible imaginary
-    part from numerical error is dropped.
+    ``d^2 = ||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^{1/2})`` (Dowson & Landau 1982),
+    the quantity that FID reports (Heusel et al. 2017); see :func:`trace_sqrt_product` for the last term.
     """
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}")
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
-    if not np.isfinite(covmean).all():
-        logger.warning("FID: singular product of covariances; adding %g to the diagonals", eps)
-        offset = np.eye(len(sigma1)) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in the matrix square root")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
 
 
 def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
-    """FID between two sets of ``(N, D)`` features (Gaussian fit to each set, then :func:`frechet_distance`)."""
-    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+    """FID between two sets of ``(N, D)`` features: a Gaussian fit to each set, then :func:`frechet_distance`.
+
+    When a set has fewer samples than dimensions (common: 2048-d Inception features), the covariances have low
+    rank and the trace term is computed exactly from the centred features ``A`` (n1 x D) and ``B`` (n2 x D):
+    ``Tr((sigma1 sigma2)^{1/2}) = ||A B^T||_* / sqrt((n1 - 1)(n2 - 1))`` (nuclear norm), which is much cheaper
+    than a D x D matrix square root.
+    """
+    f1, f2 = np.asarray(features1, dtype=np.float64), np.asarray(features2, dtype=np.float64)
+    mu1, sigma1 = feature_statistics(f1)
+    mu2, sigma2 = feature_statistics(f2)
+    if min(len(f1), len(f2)) >= f1.shape[1]:
+        return frechet_distance(mu1, sigma1, mu2, sigma2)
+    a, b = f1 - mu1, f2 - mu2
+    nuclear = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    tr_sqrt = nuclear / np.sqrt((len(f1) - 1) * (len(f2) - 1))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_sqrt)
 
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:

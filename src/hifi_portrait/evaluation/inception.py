@@ -219,7 +219,7 @@ def inception_features(
     for start in range(0, len(images), batch_size):
         batch = []
         for image in images[start : start + batch_size]:
-            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255.0
+            x = torch.tensor(np.asarray(image)).permute(2, 0, 1).float()[None] / 255.0
             # images of different sizes are brought to 299x299 here so that they stack into one batch
             batch.append(F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)[0])
         feats.append(model(torch.stack(batch).to(device)).cpu().double().numpy())
