@@ -1,17 +1,18 @@
-"""Expressions: the 52 blendshape names, named presets, and a linear expression basis on any face shape.
+"""Expressions: mediapipe's blendshape names, named presets, and a linear expression basis on any face shape.
 
-The basis is *hand-designed*: for each of mediapipe's 52 ARKit-style blendshapes, a displacement field of the 478
-landmarks built from anatomical regions of the face mesh (jaw rotation about a hinge behind the cheeks, mouth
-corners pulled out/up/down, eyelids closing onto the opposite lid, brows raised or lowered, iris shifts). The
-fields are computed on the shape they will deform (eyelid closure uses that shape's own eye aperture), and sizes
-are scaled by the shape's eye-corner distance, so they transfer to any identity. An expression with scores
-``s`` (52 values in ``[0, 1]``) moves a neutral shape ``S`` to ``S + sum_k s_k B_k(S)``.
+The basis is *hand-designed*: for each of mediapipe's 51 ARKit blendshapes (its 52 categories minus
+``_neutral``), a displacement field of the 478 landmarks built from anatomical regions of the face mesh (jaw
+rotation about a hinge behind the cheeks, mouth corners pulled out/up/down, eyelids closing onto the opposite
+lid, brows raised or lowered, iris shifts). The fields are computed on the shape they will deform (eyelid
+closure uses that shape's own eye aperture), and sizes are scaled by the shape's eye-corner distance, so they
+transfer to any identity. An expression with scores ``s`` (51 values in ``[0, 1]``) moves a neutral shape ``S``
+to ``S + sum_k s_k B_k(S)``.
 
 "Left"/"Right" in blendshape names are the *subject's* sides (ARKit's convention): ``eyeBlinkLeft`` closes the
 eye on the image's right in a frontal photo (model-space ``x > 0``).
 
 Limits (see docs/landmarks.md): the fields are linear (large combined activations add up instead of saturating),
-their amplitudes are set by hand rather than learned, ``tongueOut`` has no landmark to move (zero field).
+their amplitudes are set by hand rather than learned.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import numpy as np
 from hifi_portrait.errors import LandmarkError
 from hifi_portrait.landmarks import mesh as M
 
-#: mediapipe's 52 blendshape names (``_neutral`` excluded), in mediapipe's order.
+#: The blendshape names mediapipe's model scores, in its order: its 52 categories are ``_neutral`` (ignored here)
+#: and these 51 ARKit shapes (ARKit's 52nd, ``tongueOut``, is not among them).
 BLENDSHAPE_NAMES: tuple[str, ...] = (
     "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
     "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight",
@@ -65,14 +67,14 @@ PRESETS: dict[str, dict[str, float]] = {
 
 
 def scores_to_vector(scores: Mapping[str, float]) -> np.ndarray:
-    """``(52,)`` float vector from a name -> score mapping; unknown names raise, ``_neutral`` is ignored."""
+    """``(51,)`` float vector from a name -> score mapping; unknown names raise, ``_neutral`` is ignored."""
     vec = np.zeros(len(BLENDSHAPE_NAMES))
     for name, value in scores.items():
         if name == "_neutral":
             continue
         if name not in BLENDSHAPE_INDEX:
             close = [n for n in BLENDSHAPE_NAMES if n.lower() == name.lower()]
-            hint = f" (did you mean {close[0]!r}?)" if close else " (names are mediapipe's 52 ARKit blendshapes)"
+            hint = f" (did you mean {close[0]!r}?)" if close else " (names are mediapipe's ARKit blendshapes)"
             raise LandmarkError(f"unknown blendshape {name!r}{hint}; known: {', '.join(BLENDSHAPE_NAMES)}.")
         value = float(value)
         if not math.isfinite(value) or not -1e-6 <= value <= 1 + 1e-6:
@@ -129,7 +131,7 @@ def _jaw_weight(p: np.ndarray, unit: float) -> np.ndarray:
 
 
 def expression_basis(shape: np.ndarray) -> np.ndarray:
-    """``(52, 478, 3)`` displacement fields of the 52 blendshapes at score 1 on ``shape`` (model space).
+    """``(51, 478, 3)`` displacement fields of the blendshapes at score 1 on ``shape`` (model space).
 
     Args:
         shape: ``(478, 3)`` neutral face in model space (any scale; amplitudes follow its eye-corner distance).
@@ -233,8 +235,8 @@ def expression_basis(shape: np.ndarray) -> np.ndarray:
         put(f"eyeLookDown{side}", lids(-0.2, -0.05))
 
         brow_w = _soft_region(p, brow, 0.6 * unit) * _side(p, sign, 0.3 * unit)
-        inner_w = _soft_region(p, brow_inner, 0.8 * unit) * _side(p, sign, 0.3 * unit)
-        outer_w = _soft_region(p, brow_outer, 0.8 * unit)
+        inner_w = _soft_region(p, brow_inner, 1.2 * unit) * _side(p, sign, 0.3 * unit)
+        outer_w = _soft_region(p, brow_outer, 1.2 * unit) * _side(p, sign, 0.3 * unit)
         put(f"browDown{side}", brow_w[:, None] * vec(-sign * 0.12, -0.45, 0) + inner_w[:, None] * vec(0, -0.1, 0))
         put("browInnerUp", inner_w[:, None] * vec(0, 0.6, 0))
         put(f"browOuterUp{side}", outer_w[:, None] * vec(0, 0.5, 0))
@@ -242,5 +244,5 @@ def expression_basis(shape: np.ndarray) -> np.ndarray:
 
 
 def apply_expression(shape: np.ndarray, basis: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """``shape + sum_k scores_k basis_k``: ``(478, 3)`` shape, ``(52, 478, 3)`` basis, ``(52,)`` scores."""
+    """``shape + sum_k scores_k basis_k``: ``(478, 3)`` shape, ``(51, 478, 3)`` basis, ``(51,)`` scores."""
     return shape + np.tensordot(scores, basis, axes=1)

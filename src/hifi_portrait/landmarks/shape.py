@@ -57,7 +57,7 @@ class IdentityShape:
 
     @property
     def basis(self) -> np.ndarray:
-        """``(52, 478, 3)`` expression fields on this shape (computed once)."""
+        """``(51, 478, 3)`` expression fields on this shape (computed once)."""
         if self._basis is None:
             self._basis = expression_basis(self.points)
         return self._basis
