@@ -52,3 +52,10 @@ def make_flat_labelled_set(dest: Path) -> Path:
     ]:
         shutil.copy(DATA / name, dest / f"{person}__bundled_{name}")
     return dest
+
+
+def shouting_captioner(image, record) -> str:
+    """A user "captioning model" for the hook test: the template caption in capitals, with the image size."""
+    from hifi_portrait.data.captions import template_caption
+
+    return f"{template_caption(record).upper()} ({image.shape[1]}x{image.shape[0]})"

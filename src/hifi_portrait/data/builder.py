@@ -446,6 +446,8 @@ def _write_output(out_dir, cfg, plan, recs, analysed, passing, vectors, pose, bl
 
 def _remove_stale_outputs(out_dir: Path, keep: set[str]) -> None:
     """Delete dataset files of an earlier run that this run did not write (e.g. fewer shards now)."""
+    for leftover in out_dir.glob(".tmp-*"):  # temporary files of a run killed while writing
+        leftover.unlink()
     for sub in ("shards", "plots"):
         root = out_dir / sub
         if not root.is_dir():
