@@ -1,0 +1,99 @@
+"""``hifi-portrait landmarks`` end to end on the bundled photos (face analysis included)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from hifi_portrait.cli.main import app
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("landmarks")
+    args = ["landmarks", str(DATA / "obama.jpg"), str(DATA / "obama2.jpg"), "--yaw", "20", "--pitch", "-5",
+            "--expression", "smile:0.5", "--blendshape", "jawOpen=0.3", "--size", "320x400", "--style", "mediapipe",
+            "--sweep", "yaw", "--sweep-steps", "3", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    return result, out
+
+
+def test_writes_map_overlay_sweep_and_json(first_run):
+    result, out = first_run
+    assert result.exit_code == 0, result.output
+    cond = np.asarray(Image.open(out / "landmarks_mediapipe.png"))
+    assert cond.shape == (400, 320, 3) and cond.max() > 0
+    assert np.asarray(Image.open(out / "overlay.png")).shape == (400, 320, 3)
+    grid = np.asarray(Image.open(out / "sweep_yaw.png"))
+    assert grid.shape[1] == 3 * round(320 * 256 / 400) and grid.shape[0] == 256
+    info = json.loads((out / "landmarks.json").read_text())
+    assert info["pose"]["yaw"] == 20 and info["pose"]["pitch"] == -5
+    assert info["blendshapes"]["jawOpen"] == 0.3 and info["blendshapes"]["mouthSmileLeft"] == pytest.approx(0.4)
+    assert np.array(info["landmarks"]).shape == (478, 3)
+    assert len(info["references"]) == 2
+
+
+def test_driver_and_saved_shape(first_run, tmp_path):
+    _, first = first_run
+    out = tmp_path / "driven"
+    args = ["landmarks", str(first / "identity_shape.npz"), "--driver", str(DATA / "biden.jpg"), "--size", "256x256",
+            "--style", "instantid", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "landmarks.json").read_text())
+    from hifi_portrait.face import FaceAnalyzer
+
+    biden = FaceAnalyzer().analyze(DATA / "biden.jpg")
+    assert info["pose"]["yaw"] == pytest.approx(biden.pose.yaw, abs=1e-3)
+    assert info["pose"]["roll"] == pytest.approx(biden.pose.roll, abs=1e-3)
+    assert (out / "landmarks_instantid.png").is_file()
+
+
+def test_driver_without_a_face_fails_with_exit_1(first_run, tmp_path):
+    _, first = first_run
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(blank)
+    result = runner.invoke(app, ["landmarks", str(first / "identity_shape.npz"), "--driver", str(blank),
+                                 "--out", str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 1
+    assert "no face" in result.output and "wall.png" in result.output
+
+
+def test_no_usable_reference_fails_with_exit_1(tmp_path):
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(blank)
+    result = runner.invoke(app, ["landmarks", str(blank), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "none of the 1 reference photo" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--expression", "grin"], "unknown expression preset"),
+        (["--blendshape", "jawopen=0.2"], "jawOpen"),
+        (["--blendshape", "jawOpen"], "NAME=VALUE"),
+        (["--yaw", "120"], "outside the supported range"),
+        (["--style", "canny"], "--style"),
+        (["--size", "big"], "WIDTHxHEIGHT"),
+        (["--box", "1,2,3"], "--box"),
+    ],
+)
+def test_bad_options_exit_2_before_any_analysis(tmp_path, option, message):
+    result = runner.invoke(app, ["landmarks", str(DATA / "obama.jpg"), "--out", str(tmp_path / "o"), *option])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_references_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["landmarks", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
