@@ -196,3 +196,16 @@ def test_empty_or_mismatched_generated_folders(tmp_path, data_dir, evaluator):
     )
     with pytest.raises(ConfigError, match="not found"):
         evaluator.evaluate(listed, other)
+
+
+def test_expression_presets_resolve_through_the_landmarks_package(tmp_path, data_dir):
+    from hifi_portrait.landmarks import preset_scores
+
+    ref = str(data_dir / "obama.jpg")
+    entry = {"id": "a", "references": [ref], "target": {"expression": "smile:0.5", "blendshapes": {"jawOpen": 0.1}}}
+    manifest = load_manifest(_write(tmp_path / "m.yaml", {"entries": [entry]}))
+    expected = {**preset_scores("smile", 0.5), "jawOpen": 0.1}
+    assert manifest.entries[0].target.blendshapes == pytest.approx(expected)
+    bad = {"id": "a", "references": [ref], "target": {"expression": "grimace"}}
+    with pytest.raises(ConfigError, match="grimace"):
+        load_manifest(_write(tmp_path / "b.yaml", {"entries": [bad]}))

@@ -11,7 +11,7 @@ A manifest is a JSON or YAML file (see ``docs/evaluation.md``)::
         ground_truth: gt/obama3.jpg      # optional held-out photo of the same person (copy-paste measure)
         target:                          # optional; what was commanded
           pose: {yaw: 20, pitch: 0, roll: 0}
-          expression: smile              # a preset name of hifi_portrait.landmarks, or
+          expression: smile              # a preset of hifi_portrait.landmarks ("smile" or "smile:0.6"), and/or
           blendshapes: {mouthSmileLeft: 0.8, mouthSmileRight: 0.8}
           landmarks: targets/obama_yaw20_smile.npy   # (N, 2|3) pixels; N = 478, 468, 68 or 5
           landmarks_image_size: [1024, 1024]          # the canvas of those pixels (default: generated size)
@@ -94,18 +94,21 @@ def _existing(where: str, root: Path, value: Any) -> Path:
     return path
 
 
-def resolve_expression_preset(name: str) -> dict[str, float]:
-    """Blendshape scores of an expression preset of :mod:`hifi_portrait.landmarks` (``EXPRESSION_PRESETS``)."""
+def resolve_expression_preset(spec: str) -> dict[str, float]:
+    """Blendshape scores of an expression preset of :mod:`hifi_portrait.landmarks`: ``"smile"`` or ``"smile:0.6"``."""
+    from hifi_portrait.errors import LandmarkError
+
     try:
-        from hifi_portrait.landmarks import EXPRESSION_PRESETS  # type: ignore[attr-defined]
+        from hifi_portrait.landmarks import parse_expression
     except ImportError:
         raise ConfigError(
-            f"expression preset {name!r} cannot be resolved (hifi_portrait.landmarks has no EXPRESSION_PRESETS); "
+            f"expression preset {spec!r} cannot be resolved (hifi_portrait.landmarks is not available); "
             "give the commanded scores explicitly under target.blendshapes"
         ) from None
-    if name not in EXPRESSION_PRESETS:
-        raise ConfigError(f"unknown expression preset {name!r}; known: {sorted(EXPRESSION_PRESETS)}")
-    return dict(EXPRESSION_PRESETS[name])
+    try:
+        return dict(parse_expression(spec))
+    except LandmarkError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _parse_target(where: str, root: Path, data: Any) -> Target:

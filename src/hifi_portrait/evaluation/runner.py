@@ -208,6 +208,11 @@ class Evaluator:
                 notices.append(f"entry {entry.id}: reference {r.path.name} has no usable face ({r.failure})")
             if len(bad_refs) == len(refs):
                 notices.append(f"entry {entry.id}: no usable reference face; identity metrics skipped")
+            if entry.target.expression and not entry.target.blendshapes:
+                notices.append(
+                    f"entry {entry.id}: expression {entry.target.expression!r} commands no blendshape score; "
+                    "expression error not scored (give target.blendshapes to score it)"
+                )
             gt = self.analyze(entry.ground_truth) if entry.ground_truth else None
             if gt is not None and gt.face is None:
                 notices.append(f"entry {entry.id}: ground truth has no usable face; copy-paste skipped")
