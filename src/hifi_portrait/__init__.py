@@ -7,3 +7,16 @@ loading), ``pipelines`` (the SDXL pipeline), ``data`` (identity-grouped dataset 
 """
 
 __version__ = "0.1.0"
+
+# diffusers' DiffusionPipeline.from_pretrained finds non-diffusers components as ``<library>.<ClassName>``
+# (model_index.json stores ["hifi_portrait", "FaceRefiner"]); exported lazily so that importing hifi_portrait
+# stays light.
+_LAZY_MODELS = {"FaceRefiner": "hifi_portrait.models", "HiFiNetModel": "hifi_portrait.models"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODELS:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_MODELS[name]), name)
+    raise AttributeError(f"module 'hifi_portrait' has no attribute {name!r}")

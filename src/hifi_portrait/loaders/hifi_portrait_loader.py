@@ -98,7 +98,10 @@ class HiFiPortraitLoaderMixin:
             sd = adapter.tensors[part]
             check_state_dict(_shapes(model.state_dict()), _shapes(sd), part, str(adapter.path))
             model.load_state_dict(sd, strict=True)
-            built[part] = model.to(device=device).to(dtype=dtype).eval()
+            model = model.to(device)
+            if model.dtype != dtype:
+                model = model.to(dtype)
+            built[part] = model.eval()
         if "ip_attn" in adapter.configs:
             self._load_ip_attn(adapter, device, dtype, id_scale)
         self._check_adapter_consistency(built, adapter)

@@ -58,8 +58,11 @@ class HiFiNetOutput(BaseOutput):
 
 
 @dataclass
-class HiFiNetCondition(BaseOutput):
+class HiFiNetCondition:
     """Latent-independent part of HiFi-Net, computed once per generation.
+
+    A plain dataclass with a ``.to()`` (not a ``BaseOutput`` mapping), so that accelerate's offload hooks move
+    it between devices like a tensor.
 
     Attributes:
         features: per resolution level, ``(B, c_i, h_i, w_i)`` landmark features aligned with the ID tokens
@@ -69,6 +72,13 @@ class HiFiNetCondition(BaseOutput):
 
     features: tuple[torch.Tensor, ...]
     id_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    def to(self, *args, **kwargs) -> HiFiNetCondition:
+        """Same condition with every tensor passed through ``Tensor.to(*args, **kwargs)``."""
+        return HiFiNetCondition(
+            features=tuple(f.to(*args, **kwargs) for f in self.features),
+            id_kv=tuple((k.to(*args, **kwargs), v.to(*args, **kwargs)) for k, v in self.id_kv),
+        )
 
     def repeat_to(self, batch: int) -> HiFiNetCondition:
         """Broadcast a batch-1 condition to ``batch`` (other sizes must already match)."""
