@@ -85,9 +85,8 @@ def test_fid_inception_load_and_features(tmp_path, random_inception):
     loaded = load_fid_inception(tmp_path / "inception.safetensors")
     assert not loaded.training
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (80, 64, 3), dtype=np.uint8), rng.integers(0, 255, (50, 50, 3), dtype=np.uint8)]
-    feats = inception_features(loaded, images)
-    assert feats.shape == (2, 2048) and np.isfinite(feats).all()
+    feats = inception_features(loaded, [rng.integers(0, 255, (80, 64, 3), dtype=np.uint8)])
+    assert feats.shape == (1, 2048) and np.isfinite(feats).all()
     assert (feats >= 0).all()  # pool3 features are averages of ReLU outputs
     # a .pth state dict (read with weights_only=True) loads the same
     torch.save(model.state_dict(), tmp_path / "inception.pth")
@@ -99,25 +98,40 @@ def test_fid_inception_load_and_features(tmp_path, random_inception):
         load_fid_inception(tmp_path / "wrong.safetensors")
 
 
-def test_runner_with_clip_and_inception(tmp_path, data_dir, evaluator, tiny_clip_dir, random_inception):
-    """CLIP-T, diversity, FID and KID appear in the results when the models are given (random: values meaningless)."""
+class MeanColour(torch.nn.Module):
+    """A 3-d stand-in feature extractor (mean RGB) for checking the runner's FID/KID wiring cheaply; the real
+    Inception network is tested above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def test_runner_with_clip_and_fid_wiring(tmp_path, data_dir, evaluator, tiny_clip_dir):
+    """CLIP-T, diversity, FID and KID appear in the results when the models are given (random CLIP: its values are
+    meaningless; FID/KID equal the functions applied to the extractor's features of the right two sets)."""
+    from hifi_portrait.evaluation import fid_from_features, kid_from_features
+    from hifi_portrait.face import load_image
+
     gen, real = tmp_path / "gen", tmp_path / "real"
     gen.mkdir()
     real.mkdir()
     for i in range(2):  # two identical generated images
         shutil.copy(data_dir / "obama.jpg", gen / f"a_{i}.jpg")
-    for name in ["biden.jpg", "astronaut.jpg"]:
+    for name in ["biden.jpg", "astronaut.jpg", "obama3.jpg"]:
         shutil.copy(data_dir / name, real / name)
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(
         {"entries": [{"id": "a", "references": [str(data_dir / "obama3.jpg")], "prompt": "a portrait photo"}]}
     ))
-    ev = Evaluator(analyzer=evaluator.analyzer, clip=ClipScorer(tiny_clip_dir), inception=random_inception,
+    ev = Evaluator(analyzer=evaluator.analyzer, clip=ClipScorer(tiny_clip_dir), inception=MeanColour(),
                    fid_reference_dir=real, kid_subsets=3, progress=False)
     res = ev.evaluate(load_manifest(tmp_path / "m.yaml"), gen, method="tiny")
     assert all(-1.0 <= r["clip_t"] <= 1.0 for r in res.rows)
     # the two images have the same content: equal CLIP-T, and zero diversity (a known value, even with random weights)
     assert res.rows[0]["clip_t"] == pytest.approx(res.rows[1]["clip_t"], abs=1e-6)
     assert res.entries[0]["diversity_clip"] == pytest.approx(0.0, abs=1e-6)
-    assert np.isfinite(res.summary["fid"]) and res.summary["fid_n_real"] == 2
-    assert np.isfinite(res.summary["kid_mean"])
+    fg = inception_features(MeanColour(), [load_image(gen / f"a_{i}.jpg") for i in range(2)])
+    fr = inception_features(MeanColour(), [load_image(real / n) for n in sorted(p.name for p in real.iterdir())])
+    assert res.summary["fid"] == pytest.approx(fid_from_features(fg, fr), rel=1e-9)
+    assert res.summary["kid_mean"] == pytest.approx(kid_from_features(fg, fr, 3, 1000)[0], rel=1e-9)
+    assert res.summary["fid_n_generated"] == 2 and res.summary["fid_n_real"] == 3
     assert not any("skipped" in n and ("CLIP" in n or "FID" in n) for n in res.notices)

@@ -209,3 +209,33 @@ def test_expression_presets_resolve_through_the_landmarks_package(tmp_path, data
     bad = {"id": "a", "references": [ref], "target": {"expression": "grimace"}}
     with pytest.raises(ConfigError, match="grimace"):
         load_manifest(_write(tmp_path / "b.yaml", {"entries": [bad]}))
+
+
+def test_landmark_targets_from_the_landmark_generator(tmp_path, data_dir, evaluator):
+    """Targets written from hifi_portrait.landmarks load back through the manifest; a photo 'generated' at the
+    scale of a canvas twice as large scores the NME of the rescaled points (known value: the points coincide)."""
+    from hifi_portrait.evaluation import target_from_generated_landmarks
+    from hifi_portrait.landmarks import fit_identity_shape, generate_landmarks, make_target
+
+    astro = evaluator.analyze(data_dir / "astronaut.jpg").face
+    gen = generate_landmarks(fit_identity_shape([astro]), make_target(yaw=20, expression="smile:0.5"), size=(256, 320))
+    target = target_from_generated_landmarks(gen, tmp_path / "t" / "a.npy", tmp_path)
+    entry = {"id": "a", "references": [str(data_dir / "astronaut.jpg")], "target": target}
+    manifest = load_manifest(_write(tmp_path / "m.yaml", {"entries": [entry]}))
+    t = manifest.entries[0].target
+    np.testing.assert_allclose(t.landmarks, gen.landmarks)
+    assert t.pose == pytest.approx({"yaw": 20.0, "pitch": 0.0, "roll": 0.0})
+    assert t.blendshapes["mouthSmileLeft"] == pytest.approx(0.4)
+    assert t.landmarks_image_size == (256, 320)
+
+    # the measured astronaut landmarks, expressed on a canvas of twice the photo's size, rescale onto themselves
+    w, h = astro.image_size
+    np.save(tmp_path / "double.npy", np.asarray(astro.landmarks) * 2.0)
+    entry = {"id": "b", "references": [str(data_dir / "astronaut.jpg")],
+             "target": {"landmarks": "double.npy", "landmarks_image_size": [2 * w, 2 * h]}}
+    manifest = load_manifest(_write(tmp_path / "n.yaml", {"entries": [entry]}))
+    gen_dir = tmp_path / "gen"
+    gen_dir.mkdir()
+    shutil.copy(data_dir / "astronaut.jpg", gen_dir / "b_0.jpg")
+    res = evaluator.evaluate(manifest, gen_dir)
+    assert res.rows[0]["landmark_nme"] == pytest.approx(0.0, abs=1e-9)

@@ -40,6 +40,7 @@ from hifi_portrait.evaluation.manifest import (
     manifest_from_folders,
     parse_manifest,
     resolve_generated,
+    target_from_generated_landmarks,
 )
 from hifi_portrait.evaluation.report import markdown_table, write_comparison, write_report
 from hifi_portrait.evaluation.runner import EvaluationResult, Evaluator
@@ -74,6 +75,7 @@ __all__ = [
     "pose_error",
     "resolve_generated",
     "roc_auc",
+    "target_from_generated_landmarks",
     "write_comparison",
     "write_report",
 ]

@@ -285,3 +285,30 @@ def resolve_generated(manifest: Manifest, generated_dir: str | os.PathLike | Non
             "%d image(s) in %s match no manifest entry (e.g. %s)", len(unmatched), folder, unmatched[0].name
         )
     return out
+
+
+def target_from_generated_landmarks(generated: Any, npy_path: str | os.PathLike, root: str | os.PathLike) -> dict:
+    """The manifest ``target`` of a generation made from :func:`hifi_portrait.landmarks.generate_landmarks`.
+
+    Saves ``generated.landmarks`` (``(478, 3)`` pixels of the generation canvas) to ``npy_path`` and returns
+    ``{"pose", "blendshapes", "landmarks", "landmarks_image_size"}`` with the path relative to ``root`` (the
+    manifest's folder), ready to put under an entry's ``target``.
+
+    Args:
+        generated: a ``GeneratedLandmarks`` (anything with ``landmarks``, ``size`` and ``target`` with
+            ``yaw``, ``pitch``, ``roll``, ``blendshapes``).
+    """
+    path = Path(npy_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(generated.landmarks, dtype=np.float64))
+    t = generated.target
+    try:
+        rel = str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        rel = str(path.resolve())
+    return {
+        "pose": {"yaw": float(t.yaw), "pitch": float(t.pitch), "roll": float(t.roll)},
+        "blendshapes": {k: float(v) for k, v in t.blendshapes.items()},
+        "landmarks": rel,
+        "landmarks_image_size": [int(generated.size[0]), int(generated.size[1])],
+    }
