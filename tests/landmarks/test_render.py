@@ -38,7 +38,22 @@ def test_instantid_style_follows_draw_kps(shape):
     # limbs: 60 % of the colour of their outer point, half-way to the nose
     mid = ((gen.keypoints[0] + gen.keypoints[2]) / 2).astype(int)
     assert tuple(img[mid[1], mid[0]]) == (153, 0, 0)
-    # same output on any canvas content it is drawn over (black background as InstantID)
+    # pixel-identical to InstantID's float pipeline (limbs filled in float64, scaled by 0.6, truncated)
+    import math
+
+    import cv2
+
+    ref = np.zeros(img.shape, dtype=np.float64)
+    for a, b in ((0, 2), (1, 2), (3, 2), (4, 2)):
+        x, y = gen.keypoints[[a, b], 0], gen.keypoints[[a, b], 1]
+        length = ((x[0] - x[1]) ** 2 + (y[0] - y[1]) ** 2) ** 0.5
+        angle = math.degrees(math.atan2(y[0] - y[1], x[0] - x[1]))
+        poly = cv2.ellipse2Poly((int(np.mean(x)), int(np.mean(y))), (int(length / 2), 4), int(angle), 0, 360, 1)
+        ref = cv2.fillConvexPoly(ref.copy(), poly, colors[a])
+    ref = (ref * 0.6).astype(np.uint8)
+    for (x, y), color in zip(gen.keypoints, colors, strict=True):
+        ref = cv2.circle(ref.copy(), (int(x), int(y)), 10, color, -1)
+    np.testing.assert_array_equal(img, ref)
     np.testing.assert_array_equal(draw_instantid(np.zeros_like(img), gen.keypoints), img)
 
 

@@ -63,19 +63,21 @@ def _canvas(gen: GeneratedLandmarks) -> np.ndarray:
 
 
 def draw_instantid(canvas: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
-    """InstantID's keypoint map of ``(5, 2)`` pixel keypoints (order of :mod:`hifi_portrait.face.types`)."""
+    """InstantID's keypoint map of ``(5, 2)`` pixel keypoints (order of :mod:`hifi_portrait.face.types`).
+
+    Draws in place and returns ``canvas``; on a black canvas the result equals InstantID's ``draw_kps``.
+    """
     stick = 4
-    out = np.zeros(canvas.shape, dtype=np.uint8)
     for a, b in _KPS_LIMBS:
         xs, ys = keypoints[[a, b], 0], keypoints[[a, b], 1]
         length = math.hypot(xs[0] - xs[1], ys[0] - ys[1])
         angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
         poly = cv2.ellipse2Poly((int(xs.mean()), int(ys.mean())), (int(length / 2), stick), int(angle), 0, 360, 1)
         # InstantID fills in float and scales the limbs by 0.6 before truncating to uint8: same values
-        cv2.fillConvexPoly(out, poly, tuple(int(c * 0.6) for c in _KPS_COLORS[a]))
+        cv2.fillConvexPoly(canvas, poly, tuple(int(c * 0.6) for c in _KPS_COLORS[a]))
     for (x, y), color in zip(keypoints, _KPS_COLORS, strict=True):
-        cv2.circle(out, (int(x), int(y)), 10, color, -1)
-    return np.maximum(canvas, out)
+        cv2.circle(canvas, (int(x), int(y)), 10, color, -1)
+    return canvas
 
 
 def _pixel(points: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -94,9 +96,9 @@ def _draw_edges(canvas, points, edges, color, thickness, valid) -> None:
     h, w = canvas.shape[:2]
     px = _pixel(points, w, h)
     keep = valid[edges[:, 0]] & valid[edges[:, 1]]
-    lines = [px[e].reshape(-1, 1, 2).astype(np.int32) for e in edges[keep]]
-    if lines:
-        cv2.polylines(canvas, lines, False, color, thickness)
+    lines = px[edges[keep]].astype(np.int32)  # (E, 2, 2): one 2-point polyline per edge
+    if len(lines):
+        cv2.polylines(canvas, list(lines), False, color, thickness)
 
 
 def draw_mediapipe(canvas: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -143,12 +145,12 @@ def draw_hifi(canvas: np.ndarray, gen: GeneratedLandmarks, line: int | None = No
     tri, normals = _visible_triangles(gen)
     # normal-map colours in a view frame with y up and z towards the camera
     rgb = np.stack([normals[:, 0], -normals[:, 1], -normals[:, 2]], axis=1)
-    colors = np.clip((rgb + 1.0) * 127.5, 0, 255).astype(np.int64).tolist()
+    colors = np.clip((rgb + 1.0) * 127.5, 0, 255).astype(np.int32).tolist()
     corners = np.round(gen.points2d * 16).astype(np.int32)[tri]  # 4 bits of sub-pixel precision
     for k in range(len(tri)):
         cv2.fillConvexPoly(canvas, corners[k], colors[k], cv2.LINE_8, 4)
     visible = np.zeros(M.NUM_LANDMARKS, dtype=bool)
-    visible[np.unique(tri)] = True
+    visible[tri.ravel()] = True
     face_px = np.ptp(gen.points2d[: M.NUM_MESH, 1])
     width = line or max(1, int(round(face_px / 200)))
     conns = M.mediapipe_connections()
