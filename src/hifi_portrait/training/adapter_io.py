@@ -1,7 +1,7 @@
 """Saving and loading the trainable state as safetensors: the adapter file, EMA weights and the step RNG.
 
 The adapter file is the one the pipeline loads (``pipe.load_hifi_portrait(path)``), written by
-``hifi_portrait.loaders.save_hifi_portrait`` with namespaced keys ``face_refiner.*``, ``hifi_net.*``, ``ip_attn.*``.
+``hifi_portrait.loaders.write_adapter_file`` with namespaced keys ``face_refiner.*``, ``hifi_net.*``, ``ip_attn.*``.
 Nothing here unpickles: EMA and RNG states are tensors in safetensors files plus a small JSON.
 """
 
@@ -19,44 +19,51 @@ EMA_WEIGHTS = "ema.safetensors"
 EMA_STATE = "ema.json"
 
 
-def save_adapter(model, path: str | Path) -> Path:
+def save_adapter(model, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write the training model's face refiner, HiFi-Net and ID attention as one adapter ``.safetensors``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # TEMPORARY until hifi_portrait.loaders lands: same namespaced keys
-    state = {f"face_refiner.{k}": v for k, v in model.face_refiner.state_dict().items()}
-    state.update({f"hifi_net.{k}": v for k, v in model.hifi_net.state_dict().items()})
-    for name, proc in zip(model.id_layer_names, model.ip_attn, strict=True):
-        state.update({f"ip_attn.{name}.{k}": v for k, v in proc.state_dict().items()})
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
-    return path
+    from hifi_portrait.loaders import write_adapter_file
+
+    procs = dict(zip(model.id_layer_names, model.ip_attn, strict=True))
+    scale = next(iter(procs.values())).scale if procs else 1.0
+    return write_adapter_file(
+        path,
+        face_refiner=model.face_refiner,
+        hifi_net=model.hifi_net,
+        ip_attn=procs,
+        ip_scale=scale,
+        overwrite=True,
+        extra_metadata=extra_metadata,
+    )
 
 
 def load_adapter_into(model, path: str | Path) -> None:
-    """Load an adapter file's weights into the training model (strict: missing/unexpected keys are an error)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFilesMissingError(f"adapter file {path} does not exist.")
-    flat = load_file(str(path))
-    parts = {"face_refiner": {}, "hifi_net": {}, "ip_attn": {}}
-    for k, v in flat.items():
-        ns, rest = k.split(".", 1)
-        if ns == "ip_attn":
-            layer, param = rest.rsplit(".", 2)[0], ".".join(rest.rsplit(".", 2)[1:])
-            parts["ip_attn"].setdefault(layer, {})[param] = v
-        else:
-            parts[ns][rest] = v
-    model.face_refiner.load_state_dict(_to(parts["face_refiner"], model.face_refiner))
-    model.hifi_net.load_state_dict(_to(parts["hifi_net"], model.hifi_net))
-    ip = parts["ip_attn"]
-    missing = [n for n in model.id_layer_names if n not in ip]
-    if missing or len(ip) != len(model.id_layer_names):
-        raise WeightsMismatchError(
-            f"{path}: ID attention layers differ from the model's (missing {missing[:3]}..., file has {len(ip)}, "
-            f"model has {len(model.id_layer_names)})."
-        )
+    """Load an adapter file's weights into the training model.
+
+    Raises:
+        ModelFilesMissingError: no such file. WeightsMismatchError: missing, unexpected or misshaped keys (named),
+            e.g. an adapter made with other ``model.face_refiner`` / ``model.hifi_net`` options.
+    """
+    from hifi_portrait.loaders import check_state_dict, read_adapter_file
+
+    adapter = read_adapter_file(path)
+    for part in ("face_refiner", "hifi_net"):
+        module = getattr(model, part)
+        sd = adapter.tensors.get(part)
+        if sd is None:
+            raise WeightsMismatchError(f"{path} has no {part} part; training needs a full adapter.")
+        check_state_dict(_shapes(module.state_dict()), _shapes(sd), part, str(path))
+        module.load_state_dict(_to(sd, module))
+    ip = adapter.tensors.get("ip_attn", {})
+    expected = {}
     for name, proc in zip(model.id_layer_names, model.ip_attn, strict=True):
-        proc.load_state_dict(_to(ip[name], proc))
+        expected.update({f"{name}.{k}": v.shape for k, v in proc.state_dict().items()})
+    check_state_dict(expected, _shapes(ip), "ip_attn", str(path))
+    for name, proc in zip(model.id_layer_names, model.ip_attn, strict=True):
+        proc.load_state_dict(_to({k: ip[f"{name}.{k}"] for k in proc.state_dict()}, proc))
+
+
+def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in sd.items()}
 
 
 def _to(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -182,10 +182,20 @@ class CheckpointingConfig:
 
 @dataclass
 class ValidationConfig:
-    """Images generated at intervals from the first samples of the dataset, logged to TensorBoard."""
+    """Validation at intervals (every ``validation_steps``, and at the start and end of a run).
+
+    Attributes:
+        num_validation_samples: images generated from the first samples of the dataset, logged to TensorBoard
+            and saved as PNG (0 disables).
+        loss_samples: fixed-noise diffusion loss on the first samples (0 disables), logged as ``val_loss``.
+        loss_timesteps: evenly spread timesteps at which that loss is measured.
+        prompts: prompts for the images instead of the samples' captions.
+    """
 
     validation_steps: int = 1000
     num_validation_samples: int = 2
+    loss_samples: int = 4
+    loss_timesteps: int = 5
     prompts: list[str] = field(default_factory=list)
     num_inference_steps: int = 30
     guidance_scale: float = 5.0
@@ -264,6 +274,10 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return True
 
 
+def _is_float_hint(hint: Any) -> bool:
+    return hint is float or float in typing.get_args(hint)
+
+
 def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
@@ -282,6 +296,12 @@ def _build_section(cls: type, values: Any, section: str, source: str) -> Any:
                 f"{source}: unknown key {key!r} in section {section!r}.{_suggest(str(key), known)} "
                 f"Known keys: {', '.join(known)}."
             )
+        if isinstance(value, str) and _is_float_hint(hints[key]):
+            # PyYAML reads 1e-4 (no dot) as a string; accept what is clearly a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if not _type_ok(value, hints[key]):
             raise ConfigError(
                 f"{source}: {section}.{key} must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})."
@@ -393,3 +413,5 @@ def _check_values(cfg: TrainingConfig) -> None:
     )
     _require(v.validation_steps >= 1, "validation.validation_steps", "must be >= 1")
     _require(v.num_validation_samples >= 0, "validation.num_validation_samples", "must be >= 0")
+    _require(v.loss_samples >= 0, "validation.loss_samples", "must be >= 0")
+    _require(v.loss_timesteps >= 1, "validation.loss_timesteps", "must be >= 1")

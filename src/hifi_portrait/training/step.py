@@ -153,9 +153,14 @@ def compute_step(
     cond_cfg: ConditioningConfig,
     weight_dtype: torch.dtype,
     device: torch.device,
+    timesteps: int | None = None,
 ) -> StepOutput:
-    """Forward pass and losses of one (micro-)batch. ``model`` is the (possibly wrapped) training model."""
+    """Forward pass and losses of one (micro-)batch. ``model`` is the (possibly wrapped) training model.
+
+    ``timesteps`` fixes the diffusion timestep of every sample (fixed-noise validation); default random.
+    """
     check_batch(batch)
+    fixed_t = timesteps
     vae, scheduler = frozen.vae, frozen.noise_scheduler
     pixel_values = batch["pixel_values"].to(device)
     bsz = pixel_values.shape[0]
@@ -169,6 +174,8 @@ def compute_step(
     if loss_cfg.noise_offset:
         noise = noise + loss_cfg.noise_offset * rng.randn((bsz, latents.shape[1], 1, 1))
     timesteps = rng.randint(scheduler.config.num_train_timesteps, (bsz,)).long()
+    if fixed_t is not None:
+        timesteps = torch.full_like(timesteps, int(fixed_t))
     noisy_latents = scheduler.add_noise(latents, noise, timesteps)
 
     drop = sample_dropout(rng, bsz, cond_cfg)

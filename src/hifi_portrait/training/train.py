@@ -62,7 +62,8 @@ class TrainResult:
         adapter_path: the exported adapter (None when the run stopped early with ``stop_after_steps``).
         output_dir: the run folder.
         resumed_from: the checkpoint this run resumed from, if any.
-        seconds: wall time of the loop.
+        seconds: wall time of the run.
+        val_losses: ``{step: fixed-noise validation loss}`` (see ``validation.loss_samples``).
     """
 
     global_step: int
@@ -71,6 +72,7 @@ class TrainResult:
     output_dir: Path | None = None
     resumed_from: Path | None = None
     seconds: float = 0.0
+    val_losses: dict[int, float] = field(default_factory=dict)
     model: nn.Module | None = None
 
 
@@ -184,16 +186,15 @@ def train(
     # frozen parts in the compute dtype, trainable ones in fp32 (the ID processors live inside the UNet)
     weight_dtype = weight_dtype_of(accelerator.mixed_precision)
     device = accelerator.device
-    base.unet.to(device, dtype=weight_dtype)
-    base.vae.to(device, dtype=torch.float32 if not cfg.model.vae_model_name_or_path else weight_dtype)
-    for enc in base.text_encoders:
-        enc.to(device, dtype=weight_dtype)
-    if image_encoder is not None:
-        image_encoder.to(device, dtype=weight_dtype)
+    vae_dtype = torch.float32 if not cfg.model.vae_model_name_or_path else weight_dtype
+    for module, dtype in [(base.unet, weight_dtype), (base.vae, vae_dtype), (image_encoder, weight_dtype)] + [
+        (enc, weight_dtype) for enc in base.text_encoders
+    ]:
+        _move(module, device, dtype)
     if id_recognizer is not None:
         id_recognizer.to(device)
     for m in model.trainable_modules().values():
-        m.to(device, dtype=torch.float32)
+        _move(m, device, torch.float32)
 
     # ---- optimizer, data, schedule
     lr = cfg.optim.learning_rate
@@ -272,7 +273,28 @@ def train(
         first_epoch = global_step // num_update_steps_per_epoch
         resume_batches = (global_step % num_update_steps_per_epoch) * cfg.train.gradient_accumulation_steps
 
-    from hifi_portrait.training.validation import run_validation
+    from hifi_portrait.training.validation import fixed_noise_loss, run_validation
+
+    val_losses: dict[int, float] = {}
+
+    def validate_loss(step: int) -> None:
+        if cfg.validation.loss_samples > 0 and accelerator.is_main_process:
+            val = fixed_noise_loss(
+                inner,
+                frozen,
+                dataset,
+                cfg,
+                weight_dtype,
+                device,
+                cfg.validation.loss_samples,
+                cfg.validation.loss_timesteps,
+            )
+            val_losses[step] = val
+            accelerator.log({"val_loss": val}, step=step)
+            logger.info("step %d: fixed-noise validation loss %.5f", step, val)
+
+    if global_step == 0:
+        validate_loss(0)
 
     progress = tqdm(
         range(max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
@@ -323,12 +345,10 @@ def train(
                 stopping = stop_after_steps is not None and global_step >= stop_after_steps
                 if global_step % cfg.checkpointing.checkpointing_steps == 0 or stopping:
                     _save_checkpoint(accelerator, out_dir, global_step, cfg.checkpointing.checkpoints_total_limit)
-                if (
-                    accelerator.is_main_process
-                    and cfg.validation.num_validation_samples > 0
-                    and global_step % cfg.validation.validation_steps == 0
-                ):
-                    run_validation(accelerator, inner, base, frozen, dataset, cfg, global_step, weight_dtype, ema)
+                if global_step % cfg.validation.validation_steps == 0 and global_step < max_train_steps:
+                    validate_loss(global_step)
+                    if accelerator.is_main_process and cfg.validation.num_validation_samples > 0:
+                        run_validation(accelerator, inner, base, frozen, dataset, cfg, global_step, weight_dtype, ema)
                 if stopping:
                     stopped = True
                     break
@@ -345,8 +365,9 @@ def train(
         if ema is not None:
             ema.store(inner.trainable_parameters())
             ema.copy_to(inner.trainable_parameters())
-        adapter_io.save_adapter(inner, adapter_path)
+        adapter_io.save_adapter(inner, adapter_path, extra_metadata={"training_step": str(global_step)})
         logger.info("exported the adapter to %s", adapter_path)
+        validate_loss(global_step)
         if cfg.validation.num_validation_samples > 0:
             run_validation(accelerator, inner, base, frozen, dataset, cfg, global_step, weight_dtype, None, final=True)
         if ema is not None:
@@ -359,8 +380,17 @@ def train(
         output_dir=out_dir,
         resumed_from=resumed_from,
         seconds=time.perf_counter() - t0,
+        val_losses=val_losses,
         model=inner if return_model else None,
     )
+
+
+def _move(module: nn.Module | None, device: torch.device, dtype: torch.dtype) -> None:
+    """Move a module, casting only when its dtype differs (diffusers warns on every dtype cast)."""
+    if module is None:
+        return
+    current = next(module.parameters()).dtype
+    module.to(device) if current == dtype else module.to(device, dtype=dtype)
 
 
 def _save_checkpoint(accelerator, out_dir: Path, step: int, total_limit: int | None) -> None:

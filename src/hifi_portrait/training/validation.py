@@ -144,3 +144,35 @@ def run_validation(accelerator, model, base, frozen, dataset, cfg, step: int, we
             tracker.writer.add_image("validation/final" if final else "validation", grid, step, dataformats="HWC")
     logger.info("validation images at step %d -> %s", step, out / f"{name}.png")
     return grid
+
+
+@torch.no_grad()
+def fixed_noise_loss(model, frozen, dataset, cfg, weight_dtype, device, num_samples: int, num_timesteps: int) -> float:
+    """Diffusion loss on the first ``num_samples`` samples with fixed noise at ``num_timesteps`` evenly spread
+    timesteps, no condition dropout, all references: a deterministic, comparable-over-time validation loss
+    (the training loss itself is dominated by the random timestep and noise of each step)."""
+    from hifi_portrait.training.checkpointing import TrainingRNG
+    from hifi_portrait.training.config import ConditioningConfig, DataConfig
+    from hifi_portrait.training.data import collate_samples
+    from hifi_portrait.training.step import compute_step
+
+    n = min(num_samples, len(dataset))
+    collate = getattr(dataset, "collate_fn", None) or collate_samples
+    batch = collate([dataset[i] for i in range(n)])
+    steps = frozen.noise_scheduler.config.num_train_timesteps
+    no_drop = ConditioningConfig(0.0, 0.0, 0.0, 0.0)
+    all_refs = DataConfig(random_num_refs=False)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        for k in range(num_timesteps):
+            t = int((k + 0.5) * steps / num_timesteps)
+            rng = TrainingRNG(1234 + k, device=device)
+            out = compute_step(
+                batch, model, frozen, rng, all_refs, cfg.loss, no_drop, weight_dtype, device, timesteps=t
+            )
+            total += float(out.diffusion_loss)
+    finally:
+        model.train(was_training)
+    return total / num_timesteps
