@@ -8,8 +8,10 @@ the results are mapped back to pixels of the full photo.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ class MeshResult:
     Attributes:
         landmarks: ``(478, 3)`` float: ``x, y`` in pixels of the full photo, ``z`` in the same pixel scale
             (smaller = closer to the camera).
-        blendshapes: the 52 expression scores in ``[0, 1]`` by ARKit name (``_neutral`` excluded).
+        blendshapes: the 51 expression scores in ``[0, 1]`` by ARKit name (mediapipe's ``_neutral`` excluded).
         transform: ``(4, 4)`` facial transformation matrix (canonical face mesh -> camera space, cm).
         pose: head pose in degrees computed from ``transform`` (see :func:`pose_from_matrix`).
     """
@@ -89,6 +91,27 @@ def face_crop_affine(detection: Detection, crop_scale: float, out_size: int) -> 
     return affine, float(side)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced(enabled: bool = True):
+    """Silence what native code writes to file descriptor 2 (mediapipe's glog/TFLite start-up chatter)."""
+    if not enabled:
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _close_landmarker(ref: weakref.ref) -> None:
     obj = ref()
     if obj is not None:
@@ -107,6 +130,7 @@ class MediaPipeLandmarker:
         crop_scale: crop side relative to the longer side of the detector's box.
         crop_size: the crop is resampled to this many pixels (mediapipe works at 192 px internally).
         min_confidence: mediapipe's face detection / presence thresholds inside the crop.
+        quiet: hide mediapipe's native start-up log lines (written straight to the process's stderr).
     """
 
     name = "mediapipe-face-landmarker"
@@ -117,6 +141,7 @@ class MediaPipeLandmarker:
         crop_scale: float = 2.0,
         crop_size: int = 256,
         min_confidence: float = 0.3,
+        quiet: bool = True,
     ) -> None:
         from hifi_portrait.face.model_files import face_landmarker_task
 
@@ -124,6 +149,7 @@ class MediaPipeLandmarker:
         self.crop_scale = float(crop_scale)
         self.crop_size = int(crop_size)
         self.min_confidence = float(min_confidence)
+        self.quiet = bool(quiet)
         self._landmarker = None
 
     def _get(self):
@@ -140,7 +166,12 @@ class MediaPipeLandmarker:
                 output_face_blendshapes=True,
                 output_facial_transformation_matrixes=True,
             )
-            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+            with _native_stderr_silenced(self.quiet):
+                self._landmarker = vision.FaceLandmarker.create_from_options(options)
+                # the first run prints more start-up notices; run it on a blank image here
+                self._landmarker.detect(
+                    mp.Image(image_format=mp.ImageFormat.SRGB, data=np.zeros((64, 64, 3), dtype=np.uint8))
+                )
             # close it while mediapipe's worker threads still run (its __del__ fails at interpreter teardown);
             # threading's exit hooks run before the thread pools shut down
             register = getattr(threading, "_register_atexit", atexit.register)

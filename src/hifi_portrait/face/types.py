@@ -70,7 +70,8 @@ class FaceAnalysis:
         landmarks: ``(478, 3)`` float, mediapipe face mesh in pixels (see module docstring).
         pose: head pose in degrees.
         transform: ``(4, 4)`` float, mediapipe's facial transformation matrix (canonical mesh -> camera space).
-        blendshapes: the 52 ARKit-style expression scores in ``[0, 1]`` by name (``_neutral`` excluded).
+        blendshapes: ARKit-style expression scores in ``[0, 1]`` by name: mediapipe's 52 categories minus
+            ``_neutral``, i.e. 51 names (ARKit's 52 without ``tongueOut``, which mediapipe does not predict).
         identity: ``(D,)`` float32 unit-norm identity vector; ``identity_model`` names the model (dimension
             and scale of similarities depend on it: never compare vectors of different models).
         quality: quality score and its parts.
