@@ -251,3 +251,34 @@ def test_bf16_dtype(faces, landmark_map):
     assert next(iter(get_id_attn_processors(pipe.unet).values())).to_k_ip.weight.dtype == torch.bfloat16
     out = run(pipe, faces=faces, landmark_image=landmark_map)
     assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    from hifi_portrait.face import FaceAnalyzer
+
+    return FaceAnalyzer()
+
+
+def test_real_reference_photos_through_the_face_package(analyzer, landmark_map):
+    from pathlib import Path
+
+    from hifi_portrait.pipelines import reference_pixels
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    photos = [str(data / name) for name in ("obama.jpg", "obama2.jpg")]
+    pipe = make_pipe()
+    pipe.face_analyzer = analyzer
+    out = pipe("a portrait", reference_images=photos, landmark_image=landmark_map, num_inference_steps=2,
+               output_type="np", generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
+    faces = [analyzer.analyze(p) for p in photos]
+    torch.testing.assert_close(pipe.encode_id_tokens(faces=faces[::-1]), out.id_tokens, atol=1e-5, rtol=1e-5)
+    other = pipe.encode_id_tokens(faces=[analyzer.analyze(str(data / "tom_hanks.png"))])
+    assert (other - out.id_tokens).abs().max() > 1e-3
+    # matting: outside the face mask the encoder sees the gray background, inside the photo's pixels
+    pixels = reference_pixels(faces[0])
+    outside = faces[0].mask == 0
+    assert outside.any() and (pixels[outside] == 127).all()
+    inside = faces[0].mask == 255
+    np.testing.assert_array_equal(pixels[inside], faces[0].encoder_crop[inside])
