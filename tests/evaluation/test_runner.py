@@ -143,8 +143,9 @@ def test_two_recognizers_are_both_reported(bench, data_dir, evaluator):
 
     ev = Evaluator(analyzer=evaluator.analyzer, recognizers=[evaluator.analyzer.embedder, MirroredDlib()],
                    progress=False)
-    res = ev.evaluate(load_manifest(bench["root"] / "bench.yaml"), bench["gen"], method="two")
-    row = next(r for r in res.rows if r["image"].endswith("e1_2.jpg"))
+    entry = {"id": "e1", "references": [str(data_dir / "obama.jpg")], "generated": ["e1_2.jpg"]}
+    res = ev.evaluate(load_manifest(_write(bench["root"] / "two.yaml", {"entries": [entry]})), bench["gen"])
+    row = res.rows[0]
     assert f"id_sim[{DLIB}]" in row and "id_sim[dlib-mirrored]" in row
     assert row["id_sim[dlib-mirrored]"] != row[f"id_sim[{DLIB}]"]
     assert res.recognizers == [DLIB, "dlib-mirrored"]

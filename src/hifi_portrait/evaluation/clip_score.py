@@ -37,14 +37,14 @@ class ClipScorer:
     """
 
     def __init__(self, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
         path = Path(model_dir).expanduser()
         if not (path / "config.json").is_file():
             raise ModelFilesMissingError(f"no CLIP model at {path} (config.json missing). {CLIP_HINT}")
         weights = list(path.glob("*.safetensors"))
         if not weights:
             raise ModelFilesMissingError(f"no .safetensors weights in {path}. {CLIP_HINT}")
+        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
         try:
             self.tokenizer = CLIPTokenizer.from_pretrained(str(path))
             self.processor = CLIPImageProcessor.from_pretrained(str(path))
