@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BIDEN, OBAMAS
+from conftest import OBAMAS
 from typer.testing import CliRunner
 
 from hifi_portrait.demo import WeightsConfig, build_demo, weights_help_markdown
@@ -76,7 +76,7 @@ def test_page_without_weights_says_which_files(analyzer, landmark_backend):
                                   *[0.0] * 6)
 
 
-def test_page_generates_with_a_configured_generator(analyzer, landmark_backend):
+def test_page_generates_with_a_configured_generator(analyzer, landmark_backend, mixed_view):
     calls = []
 
     def generator(references, landmark_map, **kwargs):
@@ -86,8 +86,7 @@ def test_page_generates_with_a_configured_generator(analyzer, landmark_backend):
     demo = build_demo(analyzer, landmark_backend, pipeline=generator)
     assert _component(demo, "weights-status")["visible"] is False
     assert _component(demo, "generate")["interactive"] is True
-    state, _, table, _ = _api_fn(demo, "analyze")([str(p) for p in [*OBAMAS, BIDEN]])
-    out = _api_fn(demo, "generate")(state, "hifi", "sliders", None, "a portrait", "blurry", 3, 2, 0.9, 0.7,
+    out = _api_fn(demo, "generate")(mixed_view.state, "hifi", "sliders", None, "a portrait", "blurry", 3, 2, 0.9, 0.7,
                                     15, 0, 0, "smile", 0.5, *[0.0] * 6)
     assert out.shape == (64, 64, 3)
     references, landmark_map, kwargs = calls[0]

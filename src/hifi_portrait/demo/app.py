@@ -74,6 +74,7 @@ def build_demo(
     max_sessions: int = 64,
     session_ttl_s: int = 3600,
     preview_size: tuple[int, int] = PREVIEW_SIZE,
+    generation_size: tuple[int, int] = (1024, 1024),
 ):
     """Build the demo page (a ``gradio.Blocks``); start it with :func:`launch_demo`.
 
@@ -87,6 +88,7 @@ def build_demo(
         device: torch device for a pipeline loaded from ``weights``.
         max_upload_mb, max_queue, max_references, max_sessions, session_ttl_s: see :class:`DemoLimits`.
         preview_size: ``(width, height)`` of the landmark preview in pixels.
+        generation_size: ``(width, height)`` of generated portraits (and of their landmark map) in pixels.
 
     Returns:
         The ``gradio.Blocks`` with its queue configured; its ``hifi_limits`` attribute holds the
@@ -154,7 +156,7 @@ def build_demo(
         try:
             refs = cb.require_references(state)
             target = target_from(source, driver, *target_values)
-            landmark_map = cb.render_preview(state, target, landmarks, size=(1024, 1024), style=style)
+            landmark_map = cb.render_preview(state, target, landmarks, size=generation_size, style=style)
             return generator(refs, landmark_map, prompt=prompt, negative_prompt=negative, seed=int(seed),
                              steps=int(steps), id_scale=float(id_scale), control_scale=float(control_scale))
         except HiFiPortraitError as exc:

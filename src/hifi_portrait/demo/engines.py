@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -129,7 +130,6 @@ class PipelineGenerator:
         control_scale: float,
     ) -> np.ndarray:
         import torch
-        from PIL import Image
 
         pipe = self._load()
         generator = torch.Generator("cpu").manual_seed(int(seed))
@@ -137,8 +137,8 @@ class PipelineGenerator:
         out = pipe(
             prompt=prompt,
             negative_prompt=negative_prompt or None,
-            reference_faces=references,
-            landmark_map=Image.fromarray(landmark_map),
+            faces=references,
+            landmark_image=landmark_map,
             id_scale=id_scale,
             control_scale=control_scale,
             num_inference_steps=steps,
@@ -154,22 +154,33 @@ class PipelineGenerator:
 
 
 def load_pipeline(weights: WeightsConfig, device: str = "cpu") -> Any:
-    """Load the hifi-portrait SDXL pipeline from an SDXL folder, the adapter file and a CLIP vision encoder."""
-    try:
-        from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
-    except ImportError as exc:
-        raise HiFiPortraitError(
-            f"this version of hifi-portrait has no generation pipeline yet ({exc}); analysis and landmark "
-            "previews still work"
-        ) from exc
-    from transformers import CLIPVisionModelWithProjection
+    """Load the hifi-portrait SDXL pipeline from an SDXL folder, the adapter file and a CLIP vision encoder.
 
-    encoder_dir = str(weights.resolved_image_encoder())
-    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_dir, use_safetensors=True)
-    pipe = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(
-        str(weights.base), image_encoder=encoder, use_safetensors=True
-    )
+    The encoder's image processor is read from its folder (``preprocessor_config.json``) or from the SDXL folder's
+    ``feature_extractor/``; without either, CLIP's standard 224 px preprocessing is used (what the CLIP-ViT-H/14
+    encoder of IP-Adapter expects).
+
+    Raises:
+        ModelFilesMissingError: a file is missing (all missing files are named).
+        WeightsMismatchError: the adapter does not fit the base model.
+    """
+    weights.require()
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
+
+    encoder_dir = weights.resolved_image_encoder()
+    encoder = CLIPVisionModelWithProjection.from_pretrained(str(encoder_dir), use_safetensors=True)
+    extra: dict[str, Any] = {"image_encoder": encoder}
+    base = Path(weights.base)
+    if (encoder_dir / "preprocessor_config.json").is_file():
+        extra["feature_extractor"] = CLIPImageProcessor.from_pretrained(str(encoder_dir))
+    elif not (base / "feature_extractor" / "preprocessor_config.json").is_file():
+        extra["feature_extractor"] = CLIPImageProcessor()
+    logger.info("loading the SDXL pipeline from %s, adapter %s, image encoder %s", base, weights.adapter, encoder_dir)
+    pipe = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(str(base), use_safetensors=True, **extra)
     pipe.load_hifi_portrait(str(weights.adapter))
+    pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
