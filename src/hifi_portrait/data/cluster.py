@@ -2,7 +2,8 @@
 
 1. k-NN graph with faiss (exact inner product below ``FLAT_LIMIT`` vectors, IVF or HNSW above), edges kept when the
    cosine similarity reaches the same-person threshold (optionally only mutual k-NN edges);
-2. connected components of that graph (scipy's C implementation, i.e. union-find);
+2. connected components of that graph (scipy's C implementation, i.e. union-find); components that are not
+   tight around their centroid are re-clustered with average linkage (which does not chain people together);
 3. purification: members whose cosine to their cluster centroid is below ``outlier_threshold`` are dropped
    (label ``-1``: they break the "single link" chains), clusters whose centroids are closer than
    ``merge_threshold`` are merged (one person split in two), and near-duplicate images (same aligned face up to
@@ -132,6 +133,39 @@ def graph_clusters(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:
     return _components(n, rows, cols)
 
 
+def refine_components(vectors: np.ndarray, labels: np.ndarray, threshold: float, tight: float, max_size: int = 2000):
+    """Split loose connected components with average-linkage agglomerative clustering (cut at ``threshold``).
+
+    Connected components chain different people through a few borderline edges (single linkage). A component
+    whose members are all within ``tight`` cosine of its centroid is kept as is (the common case, checked in
+    one vectorized pass); the others (at most ``max_size`` members, larger ones are left whole with a warning) are
+    re-clustered with average linkage, which does not chain.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    cents = centroids_of(vectors, labels)
+    sims = np.einsum("nd,nd->n", vectors, cents[labels])
+    loose = np.zeros(len(cents), dtype=bool)
+    np.logical_or.at(loose, labels, sims < tight)
+    sizes = np.bincount(labels, minlength=len(cents))
+    loose &= sizes > 2
+    out = labels.copy()
+    next_id = len(cents)
+    for c in np.flatnonzero(loose):
+        members = np.flatnonzero(labels == c)
+        if len(members) > max_size:
+            logger.warning("identity cluster of %d images left unrefined (> %d)", len(members), max_size)
+            continue
+        x = vectors[members].astype(np.float64)
+        dist = np.clip(1.0 - x @ x.T, 0.0, 2.0)
+        condensed = dist[np.triu_indices(len(members), 1)]
+        parts = fcluster(linkage(condensed, method="average"), t=1.0 - threshold, criterion="distance")
+        for p in np.unique(parts)[1:]:
+            out[members[parts == p]] = next_id
+            next_id += 1
+    return _relabel(out)
+
+
 def purify(vectors: np.ndarray, labels: np.ndarray, outlier_threshold: float, merge_threshold: float) -> np.ndarray:
     """Drop members far from their cluster centroid (label ``-1``), then merge clusters with close centroids."""
     labels = labels.copy()
@@ -163,6 +197,7 @@ def cluster_identities(vectors: np.ndarray, params: ClusterParams) -> np.ndarray
     vectors = _normalize(vectors)
     labels = graph_clusters(vectors, params)
     outlier, merge = params.resolved()
+    labels = refine_components(vectors, labels, params.threshold, tight=merge)
     labels = purify(vectors, labels, outlier, merge)
     logger.info(
         "clustered %d vectors into %d identities (%d outliers dropped)",

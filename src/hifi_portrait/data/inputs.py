@@ -45,6 +45,7 @@ def _is_image(name: str) -> bool:
 
 
 def _from_folder(root: Path, use_labels: bool) -> list[InputItem]:
+    """Images under ``root`` (recursive); the label is the first sub-folder (``""`` for top-level images)."""
     items = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name)):
         rel = path.relative_to(root)
@@ -99,7 +100,7 @@ def enumerate_inputs(inputs: list[str | Path], labels: str = "auto") -> tuple[li
         inputs: paths given by the user.
         labels: ``"folders"`` (first sub-folder under each input folder or tar is the identity), ``"column"``
             (label column of CSV/Parquet lists), ``"none"``, or ``"auto"`` (labels from a list's label column;
-            from folders when every input folder holds its images in sub-folders only).
+            from sub-folders for each input folder or tar whose images all sit in sub-folders).
 
     Returns:
         ``(items sorted by key, labelled)`` where ``labelled`` says whether identity labels are in use.
@@ -107,14 +108,7 @@ def enumerate_inputs(inputs: list[str | Path], labels: str = "auto") -> tuple[li
     Raises:
         DatasetError: an input does not exist, or nothing was found, or a key appears twice.
     """
-    if labels == "auto":
-        folder_labels = all(
-            Path(p).is_dir() and not any(c.is_file() and _is_image(c.name) for c in Path(p).iterdir())
-            for p in inputs
-            if Path(p).is_dir()
-        ) and any(Path(p).is_dir() for p in inputs)
-    else:
-        folder_labels = labels == "folders"
+    auto = labels == "auto"
     use_column = labels in ("auto", "column")
     items: list[InputItem] = []
     for raw in inputs:
@@ -124,9 +118,14 @@ def enumerate_inputs(inputs: list[str | Path], labels: str = "auto") -> tuple[li
                 f"input {path} does not exist; pass folders, .tar shards, .csv/.parquet lists or images"
             )
         if path.is_dir():
-            items.extend(_from_folder(path, folder_labels))
+            found = _from_folder(path, True)
+            # auto: labels when every image of the folder sits in a sub-folder (one sub-folder per person)
+            use = labels == "folders" or (auto and all(i.label for i in found))
+            items.extend(found if use else [InputItem(i.key, i.path) for i in found])
         elif path.suffix.lower() == ".tar" or path.name.lower().endswith((".tar.gz", ".tgz")):
-            items.extend(_from_tar(path, folder_labels))
+            found = _from_tar(path, True)
+            use = labels == "folders" or (auto and all(i.label for i in found))
+            items.extend(found if use else [InputItem(i.key, i.path, i.member) for i in found])
         elif path.suffix.lower() in (".csv", ".parquet"):
             found = _from_table(path)
             items.extend(found if use_column else [InputItem(i.key, i.path) for i in found])
