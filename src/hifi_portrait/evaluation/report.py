@@ -78,7 +78,10 @@ def markdown_table(results: Sequence[EvaluationResult]) -> str:
 
 def _markdown(result: EvaluationResult) -> str:
     parts = [f"# Evaluation of `{result.method}` on `{result.manifest}`\n", markdown_table([result])]
-    parts.append("\nMeans over generated images with a detected face; `face det. rate` over all images.\n")
+    parts.append(
+        "\nIdentity and control: means over generated images with a detected face; `face det. rate` over all "
+        "images; CLIP-T, diversity, FID/KID: every readable image.\n"
+    )
     if result.entries:
         keys = [k for k in result.entries[0] if k != "entry"]
         extra = sorted({k for e in result.entries for k in e} - set(keys) - {"entry"})
