@@ -408,7 +408,12 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 tokens = tokens.expand(total, -1, -1)
             elif tokens.shape[0] != total:
                 raise ValueError(f"id_tokens batch {tokens.shape[0]} is neither 1 nor batch x images ({total})")
-            tokens_cfg = torch.cat([torch.zeros_like(tokens), tokens]) if do_cfg else tokens
+            tokens_cfg = tokens
+            if do_cfg:  # "no identity" half: zero tokens, unless the refiner defines its own (InstantID's)
+                uncond_fn = getattr(self.face_refiner, "unconditional_tokens", None)
+                use_fn = uncond_fn is not None and id_tokens is not None
+                uncond = uncond_fn(tokens).to(tokens) if use_fn else torch.zeros_like(tokens)
+                tokens_cfg = torch.cat([uncond, tokens])
 
         # 3. landmark map and extra ControlNet images
         landmark_pil = None
@@ -544,6 +549,9 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                         added_cond_kwargs=added_cond_kwargs,
                         return_dict=False,
                     )
+                    # HiFi-Net may run in another dtype than the UNet (e.g. fp32 adapter, fp16 UNet)
+                    down_res = [r.to(latent_model_input.dtype) for r in down_res]
+                    mid_res = mid_res.to(latent_model_input.dtype)
                 if controlnet is not None:
                     keep = [
                         1.0 - float(i / len(timesteps) < s or (i + 1) / len(timesteps) > e)
@@ -555,7 +563,10 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                     d, m = controlnet(
                         latent_model_input,
                         t,
-                        encoder_hidden_states=prompt_embeds,
+                        # InstantID's IdentityNet reads the ID tokens, not the text (hifi_portrait.loaders.instantid)
+                        encoder_hidden_states=tokens_cfg
+                        if tokens_cfg is not None and self.config.get("controlnet_context", "text") == "id_tokens"
+                        else prompt_embeds,
                         controlnet_cond=cn_cond,
                         conditioning_scale=cn_scale,
                         guess_mode=False,
@@ -612,7 +623,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         if output_type != "latent":
             needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
             if needs_upcasting:
-                self.upcast_vae()
+                self.vae.to(dtype=torch.float32)
                 latents = latents.to(next(iter(self.vae.post_quant_conv.parameters())).dtype)
             has_mean = getattr(self.vae.config, "latents_mean", None) is not None
             has_std = getattr(self.vae.config, "latents_std", None) is not None
