@@ -14,6 +14,7 @@ Exit code 1 (with a message) when no usable face remains.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -64,6 +65,18 @@ def output_stem(path: Path, used: set[str]) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=2)
+def _analyzer(min_face_px: float, min_sharpness: float, insightface: Path | None, face_landmarker: Path | None):
+    """A FaceAnalyzer for these options, kept so that repeated calls in one process load the models once."""
+    from hifi_portrait.face import FaceAnalyzer, QualityConfig
+
+    return FaceAnalyzer(
+        quality=QualityConfig(min_face_px=min_face_px, min_sharpness=min_sharpness),
+        insightface_dir=insightface,
+        face_landmarker_path=face_landmarker,
+    )
+
+
 def analyze(
     photos: list[Path] = typer.Argument(..., help="Photos and/or folders of photos of one person."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created)."),
@@ -81,18 +94,14 @@ def analyze(
     """Analyse reference photos: crops, masks, landmarks, pose, identity, quality, set consistency."""
     from tqdm import tqdm
 
-    from hifi_portrait.face import FaceAnalyzer, FaceSet, QualityConfig, load_image
+    from hifi_portrait.face import FaceSet, load_image
     from hifi_portrait.face.visualize import contact_sheet, landmark_overlay
 
     with user_errors():
         face_policy = parse_policy(policy)
         out.mkdir(parents=True, exist_ok=True)
         files, skipped = collect_inputs(list(photos))
-        analyzer = FaceAnalyzer(
-            quality=QualityConfig(min_face_px=min_face_px, min_sharpness=min_sharpness),
-            insightface_dir=insightface,
-            face_landmarker_path=face_landmarker,
-        )
+        analyzer = _analyzer(min_face_px, min_sharpness, insightface, face_landmarker)
         analyses, folders, used, kept = [], [], set(), None
         for path in tqdm(files, desc="analysing faces", unit="photo"):
             try:

@@ -17,6 +17,7 @@ which the down-blocks rely on.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,14 +71,11 @@ def _tensor(data: bytes, pos: int) -> tuple[np.ndarray, int]:
 
 def _find_name(data: bytes, pos: int, names: tuple[bytes, ...]) -> tuple[bytes, int]:
     """The next length-prefixed layer name among ``names`` at or after ``pos``; returns (name, position after it)."""
-    best: tuple[int, bytes] | None = None
-    for name in names:
-        i = data.find(bytes([0x01, len(name)]) + name, pos)
-        if i >= 0 and (best is None or i < best[0]):
-            best = (i, name)
-    if best is None:
+    pattern = re.compile(b"|".join(re.escape(bytes([0x01, len(n)]) + n) for n in names))
+    match = pattern.search(data, pos)
+    if match is None:
         return b"", -1
-    return best[1], best[0] + 2 + len(best[1])
+    return match.group(0)[2:], match.end()
 
 
 def read_dlib_resnet(path: str | Path) -> dict:
