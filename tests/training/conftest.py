@@ -5,7 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from training_helpers import DATA, PEOPLE, SIZE, ListDataset, _mirrored, _sample
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The CPU is shared with other jobs: one thread per test process is faster and steadier there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

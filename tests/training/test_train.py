@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 from training_helpers import ListDataset, tiny_config
 
 from hifi_portrait.errors import ConfigError, DatasetError, ModelFilesMissingError
 from hifi_portrait.training.checkpointing import list_checkpoints
 from hifi_portrait.training.train import ADAPTER_NAME, CONFIG_NAME, train
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_overfits_tiny_photo_dataset(tiny_sdxl, photo_dataset, tmp_path):

@@ -43,13 +43,13 @@ def _sample(target, refs: list, size: int) -> dict:
     crop = _resize(target.encoder_crop, size)
     mask = _resize(target.mask, size, Image.BILINEAR).astype(np.float32) / 255.0
     ref_imgs = np.stack([_resize(r.encoder_crop, REF_SIZE) for r in refs]).astype(np.float32) / 255.0
-    return {
-        "pixel_values": torch.from_numpy(crop).permute(2, 0, 1).float() / 127.5 - 1.0,
+    return {  # the item keys of hifi_portrait.data.PortraitDataset (+ the target's face mask)
+        "target": torch.from_numpy(crop).permute(2, 0, 1).float() / 127.5 - 1.0,
         "landmark_map": torch.from_numpy(_landmark_map(target, size)),
         "face_mask": torch.from_numpy(mask)[None],
         "caption": "a photo of a person",
-        "ref_id_embeds": torch.from_numpy(np.stack([r.identity for r in refs]).astype(np.float32)),
-        "ref_images": torch.from_numpy(ref_imgs).permute(0, 3, 1, 2).contiguous(),
+        "ref_identity": torch.from_numpy(np.stack([r.identity for r in refs]).astype(np.float32)),
+        "refs": torch.from_numpy(ref_imgs).permute(0, 3, 1, 2).contiguous(),
         "ref_quality": torch.tensor([r.quality.total for r in refs], dtype=torch.float32),
     }
 

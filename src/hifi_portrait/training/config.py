@@ -72,9 +72,11 @@ class DataConfig:
         train_data_dir: dataset folder.
         resolution: training image side in pixels (square); SDXL: 1024.
         max_refs: most reference photos per sample (fewer are padded and masked).
-        min_refs: fewest reference photos per sample; with ``random_num_refs`` each sample draws a count in
-            ``[min_refs, max_refs]`` so the model learns to fuse any number of references.
-        random_num_refs: draw the number of references per sample (see ``min_refs``).
+        min_refs: fewest reference photos per sample; with ``random_num_refs`` the dataset draws a count in
+            ``[min_refs, max_refs]`` per sample and epoch, so the model learns to fuse any number of references.
+        random_num_refs: draw the number of references per sample (else as many as available, up to max_refs).
+        ref_size: side of the reference crops given to the image encoder (None: as stored, 512; the encoder's
+            preprocessing resizes them to its input size anyway).
         dataloader_num_workers: DataLoader worker processes.
         max_train_samples: use only the first N samples (debugging).
     """
@@ -84,6 +86,7 @@ class DataConfig:
     max_refs: int = 4
     min_refs: int = 1
     random_num_refs: bool = True
+    ref_size: int | None = 224
     dataloader_num_workers: int = 4
     max_train_samples: int | None = None
 

@@ -1,15 +1,16 @@
 """One training step's computation: batch -> latents, noise, condition dropout, prediction, losses.
 
-Batch keys (produced by ``hifi_portrait.data``'s collate function, see :func:`check_batch`):
+Batch keys (those of ``hifi_portrait.data.PortraitDataset`` items, collated by
+:func:`hifi_portrait.training.data.collate_samples`; see :func:`check_batch`):
 
-* ``pixel_values`` ``(B, 3, H, W)`` float in ``[-1, 1]``: the target photo;
+* ``target`` ``(B, 3, H, W)`` float in ``[-1, 1]``: the target photo;
 * ``landmark_map`` ``(B, 3, H, W)`` float in ``[0, 1]``: its conditioning map;
 * ``face_mask`` ``(B, 1, H, W)`` float in ``[0, 1]`` (optional): face region of the target;
-* ``captions`` list of ``B`` strings;
-* ``ref_id_embeds`` ``(B, N, Dg)``: identity vectors of the references (padded);
-* ``ref_images`` ``(B, N, 3, S, S)`` in ``[0, 1]`` for the image encoder, or ``ref_patch_tokens``
+* ``caption`` list of ``B`` strings;
+* ``ref_identity`` ``(B, N, Dg)``: identity vectors of the references (padded);
+* ``refs`` ``(B, N, 3, S, S)`` in ``[0, 1]`` for the image encoder, or ``ref_patch_tokens``
   ``(B, N, L, Dl)`` precomputed (optional: without either, the refiner uses identity vectors only);
-* ``ref_quality`` ``(B, N)`` in ``(0, 1]`` (optional), ``ref_mask`` ``(B, N)`` bool (True = real reference);
+* ``ref_quality`` ``(B, N)`` in ``[0, 1]`` (optional), ``ref_mask`` ``(B, N)`` bool (True = real reference);
 * ``original_size`` / ``crop_top_left`` ``(B, 2)`` (optional): SDXL micro-conditioning.
 
 All randomness comes from a :class:`~hifi_portrait.training.checkpointing.TrainingRNG`.
@@ -25,7 +26,7 @@ from torch import nn
 
 from hifi_portrait.errors import DatasetError
 from hifi_portrait.training.checkpointing import TrainingRNG
-from hifi_portrait.training.config import ConditioningConfig, DataConfig, LossConfig
+from hifi_portrait.training.config import ConditioningConfig, LossConfig
 from hifi_portrait.training.losses import (
     diffusion_loss,
     diffusion_target,
@@ -36,7 +37,7 @@ from hifi_portrait.training.losses import (
 )
 from hifi_portrait.training.text import encode_prompts, time_ids
 
-REQUIRED_KEYS = ("pixel_values", "landmark_map", "captions", "ref_id_embeds")
+REQUIRED_KEYS = ("target", "landmark_map", "caption", "ref_identity")
 
 
 def check_batch(batch: dict) -> None:
@@ -79,30 +80,6 @@ def sample_dropout(rng: TrainingRNG, batch_size: int, cfg: ConditioningConfig) -
         id=(u[:, 1] < cfg.drop_id_prob) | drop_all,
         landmarks=(u[:, 2] < cfg.drop_landmarks_prob) | drop_all,
     )
-
-
-def sample_ref_subset(rng: TrainingRNG, ref_mask: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
-    """Randomly keep between ``min_refs`` and all of each sample's real references (a new mask ``(B, N)``).
-
-    Teaches the refiner to fuse any number of references; the dataset pads to ``max_refs``.
-    """
-    mask = ref_mask.bool().cpu()
-    if not cfg.random_num_refs:
-        return ref_mask.bool()
-    b, n = mask.shape
-    scores = rng.rand((b, n)).cpu()
-    counts_u = rng.rand((b,)).cpu()
-    out = torch.zeros_like(mask)
-    for i in range(b):
-        real = torch.nonzero(mask[i]).flatten()
-        if len(real) == 0:
-            continue
-        lo = min(cfg.min_refs, len(real))
-        k = lo + int(counts_u[i] * (len(real) - lo + 1))
-        k = min(k, len(real))
-        keep = real[torch.argsort(scores[i, real])[:k]]
-        out[i, keep] = True
-    return out.to(ref_mask.device)
 
 
 def clip_preprocess(images: torch.Tensor, size: int, mean: tuple, std: tuple) -> torch.Tensor:
@@ -148,7 +125,6 @@ def compute_step(
     model: nn.Module,
     frozen: Frozen,
     rng: TrainingRNG,
-    data_cfg: DataConfig,
     loss_cfg: LossConfig,
     cond_cfg: ConditioningConfig,
     weight_dtype: torch.dtype,
@@ -162,7 +138,7 @@ def compute_step(
     check_batch(batch)
     fixed_t = timesteps
     vae, scheduler = frozen.vae, frozen.noise_scheduler
-    pixel_values = batch["pixel_values"].to(device)
+    pixel_values = batch["target"].to(device)
     bsz = pixel_values.shape[0]
 
     with torch.no_grad():
@@ -179,7 +155,7 @@ def compute_step(
     noisy_latents = scheduler.add_noise(latents, noise, timesteps)
 
     drop = sample_dropout(rng, bsz, cond_cfg)
-    captions = ["" if d else c for c, d in zip(batch["captions"], drop.text.tolist(), strict=True)]
+    captions = ["" if d else c for c, d in zip(batch["caption"], drop.text.tolist(), strict=True)]
     prompt_embeds, pooled = encode_prompts(captions, frozen.tokenizers, frozen.text_encoders)
     added = {
         "text_embeds": pooled.to(device),
@@ -190,15 +166,13 @@ def compute_step(
     landmark_map = batch["landmark_map"].to(device).float()
     landmark_map = landmark_map * (~drop.landmarks).to(device, landmark_map.dtype)[:, None, None, None]
 
-    id_embeds = batch["ref_id_embeds"].to(device).float()
-    n = id_embeds.shape[1]
+    id_embeds = batch["ref_identity"].to(device).float()
     ref_mask = batch.get("ref_mask")
-    ref_mask = torch.ones(bsz, n, dtype=torch.bool) if ref_mask is None else ref_mask
-    ref_mask = sample_ref_subset(rng, ref_mask, data_cfg).to(device)
+    ref_mask = None if ref_mask is None else ref_mask.to(device).bool()
     quality = batch.get("ref_quality")
     patch_tokens = batch.get("ref_patch_tokens")
-    if patch_tokens is None and frozen.image_encoder is not None and "ref_images" in batch:
-        patch_tokens = encode_ref_images(frozen.image_encoder, batch["ref_images"].to(device))
+    if patch_tokens is None and frozen.image_encoder is not None and "refs" in batch:
+        patch_tokens = encode_ref_images(frozen.image_encoder, batch["refs"].to(device))
     if patch_tokens is not None:
         patch_tokens = patch_tokens.to(device).float()
 

@@ -41,7 +41,7 @@ from hifi_portrait.training.components import (
     weight_dtype_of,
 )
 from hifi_portrait.training.config import TrainingConfig, load_config
-from hifi_portrait.training.data import infer_input_dims, load_train_dataset, make_dataloader
+from hifi_portrait.training.data import infer_input_dims, load_train_dataset, make_dataloader, set_dataset_epoch
 from hifi_portrait.training.modules import HiFiPortraitTrainingModel
 from hifi_portrait.training.optim import make_lr_scheduler, make_optimizer
 from hifi_portrait.training.step import Frozen, compute_step
@@ -128,7 +128,7 @@ def train(
     out_dir = Path(cfg.train.output_dir)
     # cheap checks first, before loading gigabytes
     if dataset is None:
-        dataset = load_train_dataset(cfg.data)
+        dataset = load_train_dataset(cfg.data, seed=cfg.train.seed)
     if len(dataset) == 0:
         raise DatasetError(f"the training dataset {cfg.data.train_data_dir or '(given)'} is empty: no samples.")
     from hifi_portrait.training.components import check_base_model
@@ -304,15 +304,14 @@ def train(
     stopped = False
     for epoch in range(first_epoch, num_epochs):
         dataloader.set_epoch(epoch)
+        set_dataset_epoch(dataset, epoch)  # reference subsets drawn per (seed, epoch, index)
         loader = dataloader
         if epoch == first_epoch and resume_batches:
             loader = accelerator.skip_first_batches(dataloader, resume_batches)
             loader.set_epoch(epoch)
         for batch in loader:
             with accelerator.accumulate(model):
-                out = compute_step(
-                    batch, model, frozen, rng, cfg.data, cfg.loss, cfg.conditioning, weight_dtype, device
-                )
+                out = compute_step(batch, model, frozen, rng, cfg.loss, cfg.conditioning, weight_dtype, device)
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(
                         f"non-finite loss at step {global_step}: lower optim.learning_rate, use bf16 instead of "

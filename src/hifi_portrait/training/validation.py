@@ -46,7 +46,7 @@ def sample_images(
     latents = torch.randn((bsz, base.unet.config.in_channels, h // vae_scale, w // vae_scale), generator=gen)
     latents = latents.to(device) * scheduler.init_noise_sigma
 
-    captions = prompts if prompts else batch["captions"]
+    captions = prompts if prompts else batch["caption"]
     captions = [captions[i % len(captions)] for i in range(bsz)]
     cond, pooled = encode_prompts(captions, frozen.tokenizers, frozen.text_encoders)
     uncond, pooled_u = encode_prompts([""] * bsz, frozen.tokenizers, frozen.text_encoders)
@@ -56,15 +56,15 @@ def sample_images(
         "time_ids": time_ids(2 * bsz, h, device=device, dtype=weight_dtype),
     }
     refs = {
-        "id_embeds": batch["ref_id_embeds"].to(device).float().repeat(2, 1, 1),
+        "id_embeds": batch["ref_identity"].to(device).float().repeat(2, 1, 1),
         "quality": None if batch.get("ref_quality") is None else batch["ref_quality"].to(device).repeat(2, 1),
         "ref_mask": None if batch.get("ref_mask") is None else batch["ref_mask"].to(device).repeat(2, 1),
     }
     patch_tokens = batch.get("ref_patch_tokens")
-    if patch_tokens is None and frozen.image_encoder is not None and "ref_images" in batch:
+    if patch_tokens is None and frozen.image_encoder is not None and "refs" in batch:
         from hifi_portrait.training.step import encode_ref_images
 
-        patch_tokens = encode_ref_images(frozen.image_encoder, batch["ref_images"].to(device))
+        patch_tokens = encode_ref_images(frozen.image_encoder, batch["refs"].to(device))
     if patch_tokens is not None:
         patch_tokens = patch_tokens.to(device).float().repeat(2, 1, 1, 1)
     drop_id = torch.cat([torch.ones(bsz, dtype=torch.bool), torch.zeros(bsz, dtype=torch.bool)]).to(device)
@@ -100,8 +100,7 @@ def run_validation(accelerator, model, base, frozen, dataset, cfg, step: int, we
     n = min(v.num_validation_samples, len(dataset))
     if n == 0:
         return None
-    collate = getattr(dataset, "collate_fn", None) or collate_samples
-    batch = collate([dataset[i] for i in range(n)])
+    batch = collate_samples([dataset[i] for i in range(n)])
     params = model.trainable_parameters()
     if ema is not None:
         ema.store(params)
@@ -127,7 +126,7 @@ def run_validation(accelerator, model, base, frozen, dataset, cfg, step: int, we
             ema.restore(params)
     rows = []
     for i in range(n):
-        target = (batch["pixel_values"][i].float() / 2 + 0.5).clamp(0, 1)
+        target = (batch["target"][i].float() / 2 + 0.5).clamp(0, 1)
         rows.append(
             np.concatenate(
                 [_to_uint8(batch["landmark_map"][i].float().clamp(0, 1)), _to_uint8(images[i]), _to_uint8(target)],
@@ -152,16 +151,14 @@ def fixed_noise_loss(model, frozen, dataset, cfg, weight_dtype, device, num_samp
     timesteps, no condition dropout, all references: a deterministic, comparable-over-time validation loss
     (the training loss itself is dominated by the random timestep and noise of each step)."""
     from hifi_portrait.training.checkpointing import TrainingRNG
-    from hifi_portrait.training.config import ConditioningConfig, DataConfig
+    from hifi_portrait.training.config import ConditioningConfig
     from hifi_portrait.training.data import collate_samples
     from hifi_portrait.training.step import compute_step
 
     n = min(num_samples, len(dataset))
-    collate = getattr(dataset, "collate_fn", None) or collate_samples
-    batch = collate([dataset[i] for i in range(n)])
+    batch = collate_samples([dataset[i] for i in range(n)])
     steps = frozen.noise_scheduler.config.num_train_timesteps
     no_drop = ConditioningConfig(0.0, 0.0, 0.0, 0.0)
-    all_refs = DataConfig(random_num_refs=False)
     was_training = model.training
     model.eval()
     total = 0.0
@@ -170,7 +167,7 @@ def fixed_noise_loss(model, frozen, dataset, cfg, weight_dtype, device, num_samp
             t = int((k + 0.5) * steps / num_timesteps)
             rng = TrainingRNG(1234 + k, device=device)
             out = compute_step(
-                batch, model, frozen, rng, all_refs, cfg.loss, no_drop, weight_dtype, device, timesteps=t
+                batch, model, frozen, rng, cfg.loss, no_drop, weight_dtype, device, timesteps=t
             )
             total += float(out.diffusion_loss)
     finally:
