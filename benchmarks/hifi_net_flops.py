@@ -1,0 +1,86 @@
+"""FLOPs per denoising step of the full SDXL UNet architecture with and without HiFi-Portrait's parts.
+
+Counted with ``torch.utils.flop_counter`` on the ``meta`` device (no weights, no memory, any machine, seconds):
+plain UNet, UNet + ID attention, HiFi-Net's per-step branch (light and full-size), its once-per-generation
+condition part, and a diffusers ControlNet copy (InstantID's IdentityNet design). FLOPs are not wall time
+(kernel launches, memory traffic): see benchmarks/pipeline_overhead.py for timings.
+
+    python benchmarks/hifi_net_flops.py [--resolution 1024] [--num-tokens 16] [--size-ratio 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+from torch.utils.flop_counter import FlopCounterMode
+
+from hifi_portrait.models import HiFiNetModel, append_id_tokens, install_id_attention
+
+SDXL_UNET = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+
+
+def count(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e12
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--num-tokens", type=int, default=16)
+    parser.add_argument("--size-ratio", type=float, default=0.1)
+    args = parser.parse_args()
+    meta = torch.device("meta")
+    with meta:
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        light = HiFiNetModel.from_unet(unet, size_ratio=args.size_ratio)
+        full = HiFiNetModel.from_unet(unet, size_ratio=1.0, branch_layers_per_block=2, copy_unet_weights=False)
+        controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+    b, h = 2, args.resolution // 8  # batch 2 = classifier-free guidance
+    x = torch.empty(b, 4, h, h, device=meta)
+    t = torch.full((b,), 500.0, device=meta)
+    text = torch.empty(b, 77, 2048, device=meta)
+    added = {"text_embeds": torch.empty(b, 1280, device=meta), "time_ids": torch.empty(b, 6, device=meta)}
+    cond = torch.empty(b, 3, args.resolution, args.resolution, device=meta)
+    tokens = torch.empty(b, args.num_tokens, 2048, device=meta)
+    with torch.no_grad():
+        plain = count(lambda: unet(x, t, text, added_cond_kwargs=added))
+        once = count(lambda: light.prepare_condition(cond, tokens))
+        c_light, c_full = light.prepare_condition(cond, tokens), full.prepare_condition(cond, tokens)
+        step_light = count(lambda: light(x, t, condition=c_light, added_cond_kwargs=added))
+        step_full = count(lambda: full(x, t, condition=c_full, added_cond_kwargs=added))
+        cn = count(lambda: controlnet(x, t, text, controlnet_cond=cond, added_cond_kwargs=added))
+        install_id_attention(unet, args.num_tokens)
+        with_ip = count(lambda: unet(x, t, append_id_tokens(text, tokens), added_cond_kwargs=added))
+    params = {n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in
+              (("unet", unet), ("hifi_light", light), ("hifi_full", full), ("controlnet", controlnet))}
+    print(f"SDXL UNet architecture, {args.resolution}x{args.resolution}, CFG batch 2, T={args.num_tokens} ID tokens")
+    print(f"parameters (M): {', '.join(f'{k} {v:.1f}' for k, v in params.items())}")
+    print(f"TFLOPs/step: plain UNet {plain:.3f} | UNet + ID attention {with_ip:.3f} | HiFi-Net light {step_light:.4f}"
+          f" | HiFi-Net full-size {step_full:.3f} | ControlNet copy {cn:.3f}")
+    print(f"TFLOPs once per generation (HiFi-Net condition part): {once:.4f}")
+    ratios = ((with_ip + step_light) / plain, (with_ip + step_full) / plain, (with_ip + cn) / plain)
+    print("per-step ratio vs plain: ours light {:.3f} | ours full-size {:.3f} | "
+          "ControlNet + ID attention (InstantID-like) {:.3f}".format(*ratios))
+
+
+if __name__ == "__main__":
+    main()
