@@ -156,6 +156,8 @@ class PipelineGenerator:
 def load_pipeline(weights: WeightsConfig, device: str = "cpu") -> Any:
     """Load the hifi-portrait SDXL pipeline from an SDXL folder, the adapter file and a CLIP vision encoder.
 
+    On a CUDA device the weights are loaded in fp16, elsewhere in fp32.
+
     The encoder's image processor is read from its folder (``preprocessor_config.json``) or from the SDXL folder's
     ``feature_extractor/``; without either, CLIP's standard 224 px preprocessing is used (what the CLIP-ViT-H/14
     encoder of IP-Adapter expects).
@@ -165,12 +167,14 @@ def load_pipeline(weights: WeightsConfig, device: str = "cpu") -> Any:
         WeightsMismatchError: the adapter does not fit the base model.
     """
     weights.require()
+    import torch
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
 
     encoder_dir = weights.resolved_image_encoder()
-    encoder = CLIPVisionModelWithProjection.from_pretrained(str(encoder_dir), use_safetensors=True)
+    dtype = torch.float16 if str(device).startswith("cuda") else torch.float32  # fp16 halves VRAM on GPUs
+    encoder = CLIPVisionModelWithProjection.from_pretrained(str(encoder_dir), use_safetensors=True, dtype=dtype)
     extra: dict[str, Any] = {"image_encoder": encoder}
     base = Path(weights.base)
     if (encoder_dir / "preprocessor_config.json").is_file():
@@ -178,7 +182,9 @@ def load_pipeline(weights: WeightsConfig, device: str = "cpu") -> Any:
     elif not (base / "feature_extractor" / "preprocessor_config.json").is_file():
         extra["feature_extractor"] = CLIPImageProcessor()
     logger.info("loading the SDXL pipeline from %s, adapter %s, image encoder %s", base, weights.adapter, encoder_dir)
-    pipe = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(str(base), use_safetensors=True, **extra)
+    pipe = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(
+        str(base), use_safetensors=True, dtype=dtype, **extra
+    )
     pipe.load_hifi_portrait(str(weights.adapter))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
