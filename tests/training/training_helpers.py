@@ -43,6 +43,7 @@ def _sample(target, refs: list, size: int) -> dict:
     crop = _resize(target.encoder_crop, size)
     mask = _resize(target.mask, size, Image.BILINEAR).astype(np.float32) / 255.0
     ref_imgs = np.stack([_resize(r.encoder_crop, REF_SIZE) for r in refs]).astype(np.float32) / 255.0
+    ref_masks = np.stack([_resize(r.mask, REF_SIZE, Image.BILINEAR) for r in refs]).astype(np.float32) / 255.0
     return {  # the item keys of hifi_portrait.data.PortraitDataset (+ the target's face mask)
         "target": torch.from_numpy(crop).permute(2, 0, 1).float() / 127.5 - 1.0,
         "landmark_map": torch.from_numpy(_landmark_map(target, size)),
@@ -50,6 +51,7 @@ def _sample(target, refs: list, size: int) -> dict:
         "caption": "a photo of a person",
         "ref_identity": torch.from_numpy(np.stack([r.identity for r in refs]).astype(np.float32)),
         "refs": torch.from_numpy(ref_imgs).permute(0, 3, 1, 2).contiguous(),
+        "ref_masks": torch.from_numpy(ref_masks)[:, None],
         "ref_quality": torch.tensor([r.quality.total for r in refs], dtype=torch.float32),
     }
 
@@ -59,6 +61,7 @@ def _mirrored(face):
 
     m = copy.copy(face)
     m.encoder_crop = np.ascontiguousarray(face.encoder_crop[:, ::-1])
+    m.mask = np.ascontiguousarray(face.mask[:, ::-1])
     return m
 
 

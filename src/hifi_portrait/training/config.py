@@ -75,6 +75,8 @@ class DataConfig:
         min_refs: fewest reference photos per sample; with ``random_num_refs`` the dataset draws a count in
             ``[min_refs, max_refs]`` per sample and epoch, so the model learns to fuse any number of references.
         random_num_refs: draw the number of references per sample (else as many as available, up to max_refs).
+        matte_references: composite the reference crops over gray with their face masks before the image
+            encoder, as the pipeline does (``reference_pixels``); keep it equal to the pipeline's setting.
         ref_size: side of the reference crops given to the image encoder (None: as stored, 512; the encoder's
             preprocessing resizes them to its input size anyway).
         dataloader_num_workers: DataLoader worker processes.
@@ -86,6 +88,7 @@ class DataConfig:
     max_refs: int = 4
     min_refs: int = 1
     random_num_refs: bool = True
+    matte_references: bool = True
     ref_size: int | None = 224
     dataloader_num_workers: int = 4
     max_train_samples: int | None = None

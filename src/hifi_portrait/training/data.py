@@ -46,7 +46,9 @@ def load_train_dataset(cfg: DataConfig, seed: int | None = 0) -> Dataset:
             f"dataset folder {root} does not exist; build one with `hifi-portrait build-dataset PHOTOS --out {root}`."
         )
     if not any(root.iterdir()):
-        raise DatasetError(f"dataset folder {root} is empty; build one with `hifi-portrait build-dataset ... --out {root}`.")
+        raise DatasetError(
+            f"dataset folder {root} is empty; build one with `hifi-portrait build-dataset ... --out {root}`."
+        )
     from hifi_portrait.data import PortraitDataset
 
     dataset = PortraitDataset(

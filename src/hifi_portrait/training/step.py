@@ -91,6 +91,15 @@ def clip_preprocess(images: torch.Tensor, size: int, mean: tuple, std: tuple) ->
     return (images - m) / s
 
 
+def matte_references(refs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Composite reference crops ``(B, N, 3, S, S)`` in ``[0, 1]`` over the pipeline's gray background with their
+    masks ``(B, N, 1, S, S)``, exactly as ``hifi_portrait.pipelines.reference_pixels`` does at inference."""
+    from hifi_portrait.pipelines.pipeline_hifi_portrait_sdxl import MATTE_BACKGROUND
+
+    alpha = masks.to(refs.dtype).clamp(0, 1)
+    return refs * alpha + (MATTE_BACKGROUND / 255.0) * (1.0 - alpha)
+
+
 @torch.no_grad()
 def encode_ref_images(image_encoder: nn.Module, ref_images: torch.Tensor) -> torch.Tensor:
     """Patch tokens ``(B, N, L, Dl)`` of reference crops ``(B, N, 3, S, S)`` in ``[0, 1]``.
@@ -112,6 +121,14 @@ def encode_ref_images(image_encoder: nn.Module, ref_images: torch.Tensor) -> tor
     return tokens.view(b, n, *tokens.shape[1:])
 
 
+def reference_input(batch: dict, matte: bool = True) -> torch.Tensor:
+    """The reference crops the image encoder sees: matted with ``ref_masks`` when ``matte`` and masks exist."""
+    refs = batch["refs"]
+    if matte and batch.get("ref_masks") is not None:
+        refs = matte_references(refs, batch["ref_masks"])
+    return refs
+
+
 @dataclass
 class StepOutput:
     loss: torch.Tensor
@@ -130,10 +147,12 @@ def compute_step(
     weight_dtype: torch.dtype,
     device: torch.device,
     timesteps: int | None = None,
+    matte: bool = True,
 ) -> StepOutput:
     """Forward pass and losses of one (micro-)batch. ``model`` is the (possibly wrapped) training model.
 
     ``timesteps`` fixes the diffusion timestep of every sample (fixed-noise validation); default random.
+    ``matte``: composite the references over gray with their masks (``ref_masks``), as the pipeline does.
     """
     check_batch(batch)
     fixed_t = timesteps
@@ -172,7 +191,7 @@ def compute_step(
     quality = batch.get("ref_quality")
     patch_tokens = batch.get("ref_patch_tokens")
     if patch_tokens is None and frozen.image_encoder is not None and "refs" in batch:
-        patch_tokens = encode_ref_images(frozen.image_encoder, batch["refs"].to(device))
+        patch_tokens = encode_ref_images(frozen.image_encoder, reference_input(batch, matte).to(device))
     if patch_tokens is not None:
         patch_tokens = patch_tokens.to(device).float()
 

@@ -311,7 +311,17 @@ def train(
             loader.set_epoch(epoch)
         for batch in loader:
             with accelerator.accumulate(model):
-                out = compute_step(batch, model, frozen, rng, cfg.loss, cfg.conditioning, weight_dtype, device)
+                out = compute_step(
+                    batch,
+                    model,
+                    frozen,
+                    rng,
+                    cfg.loss,
+                    cfg.conditioning,
+                    weight_dtype,
+                    device,
+                    matte=cfg.data.matte_references,
+                )
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(
                         f"non-finite loss at step {global_step}: lower optim.learning_rate, use bf16 instead of "

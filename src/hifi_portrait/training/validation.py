@@ -33,6 +33,7 @@ def sample_images(
     weight_dtype: torch.dtype,
     device: torch.device,
     prompts: list[str] | None = None,
+    matte: bool = True,
 ) -> torch.Tensor:
     """Generate images ``(B, 3, H, W)`` in ``[0, 1]`` for a collated batch (its refs, landmark maps, captions)."""
     from diffusers import EulerDiscreteScheduler
@@ -62,9 +63,9 @@ def sample_images(
     }
     patch_tokens = batch.get("ref_patch_tokens")
     if patch_tokens is None and frozen.image_encoder is not None and "refs" in batch:
-        from hifi_portrait.training.step import encode_ref_images
+        from hifi_portrait.training.step import encode_ref_images, reference_input
 
-        patch_tokens = encode_ref_images(frozen.image_encoder, batch["refs"].to(device))
+        patch_tokens = encode_ref_images(frozen.image_encoder, reference_input(batch, matte).to(device))
     if patch_tokens is not None:
         patch_tokens = patch_tokens.to(device).float().repeat(2, 1, 1, 1)
     drop_id = torch.cat([torch.ones(bsz, dtype=torch.bool), torch.zeros(bsz, dtype=torch.bool)]).to(device)
@@ -167,7 +168,16 @@ def fixed_noise_loss(model, frozen, dataset, cfg, weight_dtype, device, num_samp
             t = int((k + 0.5) * steps / num_timesteps)
             rng = TrainingRNG(1234 + k, device=device)
             out = compute_step(
-                batch, model, frozen, rng, cfg.loss, no_drop, weight_dtype, device, timesteps=t
+                batch,
+                model,
+                frozen,
+                rng,
+                cfg.loss,
+                no_drop,
+                weight_dtype,
+                device,
+                timesteps=t,
+                matte=cfg.data.matte_references,
             )
             total += float(out.diffusion_loss)
     finally:
