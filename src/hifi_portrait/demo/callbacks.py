@@ -186,7 +186,10 @@ def _table(state: ReferenceState) -> list[list[Any]]:
     fs = state.face_set
     if fs is not None:
         for i, a in enumerate(fs.analyses):
-            status = "probably a different person" if i in fs.outliers else "ok"
+            if len(fs.outliers) == len(fs):  # nobody agrees with a majority: no single photo can be blamed
+                status = "mixed set: identities disagree"
+            else:
+                status = "probably a different person" if i in fs.outliers else "ok"
             sim = float(fs.median_similarity[i]) if len(fs) >= 2 else float("nan")
             rows.append(
                 [
