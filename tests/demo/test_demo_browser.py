@@ -10,11 +10,15 @@ import io
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import BIDEN, OBAMAS
+
+from hifi_portrait.demo import callbacks as cb
+from hifi_portrait.demo.app import PREVIEW_SIZE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -72,7 +76,24 @@ def _decode(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-def test_upload_analyse_and_live_preview(server, browser, artifacts_dir):
+def _shown_preview(page) -> np.ndarray:
+    return _decode(page.request.get(page.get_attribute("#preview img", "src")).body())
+
+
+def _wait_for_preview(page, expected: np.ndarray, timeout_s: float = 30.0) -> np.ndarray:
+    """Poll the displayed preview until it equals ``expected`` (the callback's own rendering) or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shown = _shown_preview(page)
+        if shown.shape == expected.shape and np.array_equal(shown, expected):
+            return shown
+        if time.monotonic() > deadline:
+            diff = np.abs(shown.astype(int) - expected.astype(int)).max() if shown.shape == expected.shape else None
+            raise AssertionError(f"the page's preview never matched the expected map (max diff {diff})")
+        page.wait_for_timeout(250)
+
+
+def test_upload_analyse_and_live_preview(server, browser, artifacts_dir, mixed_view, analyzer, landmark_backend):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -101,8 +122,10 @@ def test_upload_analyse_and_live_preview(server, browser, artifacts_dir):
         page.keyboard.press("ArrowRight")
     page.wait_for_function(f"document.querySelector('#preview img').src !== {before_src!r}", timeout=30_000)
     assert page.locator("#yaw input[type=number]").input_value() == "25"
-    # "always_last": the preview settles on the final slider value
-    page.wait_for_timeout(1000)
+    # the preview settles on the final slider value ("always_last"): exactly the callback's map for yaw 25 of the
+    # same references' shape (PNG is lossless)
+    expected = cb.render_preview(mixed_view.state, cb.TargetSpec(yaw=25), landmark_backend, size=PREVIEW_SIZE)
+    _wait_for_preview(page, expected)
     after = page.request.get(page.get_attribute("#preview img", "src")).body()
     assert before != after
     a, b = _decode(before), _decode(after)
@@ -115,6 +138,16 @@ def test_upload_analyse_and_live_preview(server, browser, artifacts_dir):
     page.get_by_role("option", name="smile", exact=True).click()
     assert page.locator("#preset input").input_value() == "smile"
     page.wait_for_function(f"document.querySelector('#preview img').src !== {src_before_preset!r}", timeout=30_000)
+
+    # a driver photo: its pose and expression replace the sliders' (its face shape is not used)
+    page.get_by_text("Driver photo (copy its pose").click()
+    page.set_input_files("#driver input[type=file]", str(BIDEN))
+    page.wait_for_function("document.querySelector('#driver-info').innerText.includes('biden.jpg')",
+                           timeout=60_000)
+    assert page.locator("#source input[value='driver photo']").is_checked()
+    driver, _ = cb.analyze_driver(str(BIDEN), analyzer)
+    _wait_for_preview(page, cb.render_preview(mixed_view.state, cb.TargetSpec(driver=driver), landmark_backend,
+                                              size=PREVIEW_SIZE))
 
     # without weights the page says which files generation needs, and the button is off
     status = page.inner_text("#weights-status")
