@@ -145,6 +145,7 @@ def test_upload_analyse_and_live_preview(server, browser, artifacts_dir, mixed_v
     page.wait_for_function("document.querySelector('#driver-info').innerText.includes('biden.jpg')",
                            timeout=60_000)
     assert page.locator("#source input[value='driver photo']").is_checked()
+    page.wait_for_function("document.querySelector('#yaw input[type=range]').disabled", timeout=10_000)
     driver, _ = cb.analyze_driver(str(BIDEN), analyzer)
     _wait_for_preview(page, cb.render_preview(mixed_view.state, cb.TargetSpec(driver=driver), landmark_backend,
                                               size=PREVIEW_SIZE))

@@ -235,6 +235,11 @@ def build_demo(
                                      api_visibility="private", concurrency_limit=1, concurrency_id="analyzer")
         driver_event.then(api_visibility="private", **preview_kwargs)
         gr.on([c.change for c in (style, source, *target_inputs)], api_name="preview", **preview_kwargs)
+        # while a driver photo sets the target, the pose/expression controls are greyed out
+        source.change(
+            lambda src: [gr.update(interactive=src != cb.SOURCE_DRIVER) for _ in target_inputs],
+            inputs=source, outputs=target_inputs, api_visibility="private", queue=False, show_progress="hidden",
+        )
         demo.load(api_visibility="private", **preview_kwargs)
         generate_btn.click(
             on_generate,
