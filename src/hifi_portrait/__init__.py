@@ -11,7 +11,11 @@ __version__ = "0.1.0"
 # diffusers' DiffusionPipeline.from_pretrained finds non-diffusers components as ``<library>.<ClassName>``
 # (model_index.json stores ["hifi_portrait", "FaceRefiner"]); exported lazily so that importing hifi_portrait
 # stays light.
-_LAZY_MODELS = {"FaceRefiner": "hifi_portrait.models", "HiFiNetModel": "hifi_portrait.models"}
+_LAZY_MODELS = {
+    "FaceRefiner": "hifi_portrait.models",
+    "HiFiNetModel": "hifi_portrait.models",
+    "InstantIDImageProjection": "hifi_portrait.models.instantid_projection",
+}
 
 
 def __getattr__(name: str):

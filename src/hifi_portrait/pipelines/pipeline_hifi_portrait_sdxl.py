@@ -565,7 +565,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                         t,
                         # InstantID's IdentityNet reads the ID tokens, not the text (hifi_portrait.loaders.instantid)
                         encoder_hidden_states=tokens_cfg
-                        if tokens_cfg is not None and self.config.get("controlnet_context", "text") == "id_tokens"
+                        if tokens_cfg is not None and getattr(self, "controlnet_context", "text") == "id_tokens"
                         else prompt_embeds,
                         controlnet_cond=cn_cond,
                         conditioning_scale=cn_scale,
