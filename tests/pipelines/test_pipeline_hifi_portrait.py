@@ -289,3 +289,18 @@ def test_real_reference_photos_through_the_face_package(analyzer, landmark_map):
     assert outside.any() and (pixels[outside] == 127).all()
     inside = faces[0].mask == 255
     np.testing.assert_array_equal(pixels[inside], faces[0].encoder_crop[inside])
+
+
+def test_loads_a_plain_sdxl_checkpoint_folder(tmp_path, faces, landmark_map, plain_images):
+    """Any diffusers SDXL folder (no HiFi-Portrait components in model_index.json) loads into the pipeline."""
+    components = get_dummy_components(with_image_encoder=False)
+    components.pop("image_encoder")
+    components.pop("feature_extractor")
+    StableDiffusionXLPipeline(**components, add_watermarker=False).save_pretrained(tmp_path / "sdxl")
+    pipe = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(tmp_path / "sdxl")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.controlnet is None and pipe.face_refiner is None and pipe.image_encoder is None
+    np.testing.assert_allclose(run(pipe, height=64, width=64), plain_images, atol=1e-5)
+    pipe.set_hifi_portrait(**get_dummy_adapter(pipe.unet))
+    out = run(pipe, id_embeds=torch.from_numpy(np.stack([f.identity for f in faces])), landmark_image=landmark_map)
+    assert np.abs(out - plain_images).max() > 1e-3
