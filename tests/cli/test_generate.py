@@ -1,0 +1,99 @@
+"""``hifi-portrait generate`` end to end on a tiny random SDXL saved to disk, with the bundled photos; and the
+missing-files explanation (exit code 3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from hifi_portrait.cli.main import app
+from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
+from hifi_portrait.utils.testing import get_dummy_adapter, get_dummy_components
+
+torch.set_num_threads(1)
+DATA = Path(__file__).resolve().parents[1] / "data"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """A tiny SDXL folder (diffusers layout), a tiny CLIP vision encoder folder and a tiny adapter file."""
+    root = tmp_path_factory.mktemp("weights")
+    components = get_dummy_components()
+    encoder, processor = components.pop("image_encoder"), components.pop("feature_extractor")
+    encoder.save_pretrained(root / "clip")
+    processor.save_pretrained(root / "clip")
+    pipe = StableDiffusionXLHiFiPortraitPipeline(**components, add_watermarker=False)
+    pipe.set_hifi_portrait(**get_dummy_adapter(pipe.unet))
+    pipe.save_hifi_portrait(root / "adapter.safetensors")
+    pipe.unload_hifi_portrait()
+    pipe.save_pretrained(root / "sdxl")
+    return root
+
+
+def base_args(files: Path, out: Path) -> list[str]:
+    return ["generate", *(str(DATA / n) for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")),
+            "--base", str(files / "sdxl"), "--adapter", str(files / "adapter.safetensors"),
+            "--image-encoder", str(files / "clip"), "--prompt", "a portrait photo", "--size", "64x64",
+            "--steps", "2", "--out", str(out)]  # fmt: skip
+
+
+def test_generate_end_to_end_on_bundled_photos(model_files, tmp_path):
+    out = tmp_path / "run1"
+    args = base_args(model_files, out) + ["--yaw", "20", "--expression", "smile:0.6", "--seed", "3",
+                                          "--negative-prompt", "blurry", "--num-images", "2"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    portraits = [np.asarray(Image.open(out / f"portrait_3_{i}.png")) for i in range(2)]
+    assert all(p.shape == (64, 64, 3) for p in portraits) and np.abs(portraits[0] - portraits[1].astype(int)).max() > 0
+    cond = np.asarray(Image.open(out / "landmarks_hifi.png"))
+    assert cond.shape == (64, 64, 3) and cond.max() > 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["target"]["yaw"] == 20 and settings["target"]["blendshapes"]["mouthSmileLeft"] > 0
+    assert settings["size"] == [64, 64] and settings["steps"] == 2 and settings["seed"] == 3
+    assert settings["outputs"] == ["portrait_3_0.png", "portrait_3_1.png"]
+    used = {Path(r["source"]).name: r["used"] for r in settings["references"]}
+    assert used == {"obama.jpg": True, "obama2.jpg": True, "obama3.jpg": True, "biden.jpg": False}  # biden dropped
+    assert "biden.jpg" in result.output
+
+    # same seed and settings -> same portrait; the target pose changes it
+    again = runner.invoke(app, args[:-2] + ["--num-images", "1"])
+    assert again.exit_code == 0, again.output
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "portrait_3_0.png")), portraits[0])
+    turned = runner.invoke(app, base_args(model_files, tmp_path / "run2") + ["--yaw", "-30", "--seed", "3"])
+    assert turned.exit_code == 0, turned.output
+    other = np.asarray(Image.open(tmp_path / "run2" / "portrait_3_0.png"))
+    assert np.abs(other.astype(int) - portraits[0]).max() > 0
+
+
+def test_missing_weights_explain_what_and_where(tmp_path):
+    args = ["generate", str(DATA / "obama.jpg"), "--prompt", "x", "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, args, env={"HIFI_PORTRAIT_BASE": "", "HIFI_PORTRAIT_ADAPTER": ""})
+    assert result.exit_code == 3
+    text = " ".join(result.output.split())
+    for needed in ("SDXL base: not given", "stabilityai/stable-diffusion-xl-base-1.0", "model_index.json",
+                   "adapter: not given", "hifi-portrait train", "CLIP vision encoder", "h94/IP-Adapter"):  # fmt: skip
+        assert needed in text, needed
+    assert not (tmp_path / "o").exists()  # nothing analysed or written before the check
+
+
+def test_incomplete_folders_and_bad_options(model_files, tmp_path):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model_index.json").write_text("{}")
+    args = ["generate", str(DATA / "obama.jpg"), "--prompt", "x", "--out", str(tmp_path / "o"),
+            "--base", str(tmp_path / "half"), "--adapter", str(tmp_path / "adapter.bin")]  # fmt: skip
+    result = runner.invoke(app, args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 3
+    assert "lacks unet, vae, text_encoder" in text and "not a .safetensors file" in text
+    assert "has no image_encoder/" in text
+    bad = runner.invoke(app, base_args(model_files, tmp_path / "b") + ["--expression", "grin"])
+    assert bad.exit_code == 2 and "grin" in bad.output
+    odd = runner.invoke(app, base_args(model_files, tmp_path / "c")[:-4] + ["--size", "60x64", "--out", "x"])
+    assert odd.exit_code == 2 and "multiples of 8" in odd.output
