@@ -254,6 +254,8 @@ def test_half_precision(dtype, faces, landmark_map):
     out = run(pipe, faces=faces, landmark_image=landmark_map)
     assert out.dtype == np.float32 and np.isfinite(out).all()
     assert np.abs(out - reference).mean() < 0.05  # same image up to half-precision rounding
+    if dtype == torch.float16:  # fp16 convolutions are slow on CPU: the mixed case runs once, in bf16
+        return
     # adapter kept in float32 next to a half-precision UNet also works (residuals cast to the UNet's dtype)
     pipe.hifi_net.to(torch.float32)
     pipe.face_refiner.to(torch.float32)
