@@ -92,3 +92,23 @@ def test_cli_exit_codes(tiny_sdxl, built_dataset, tmp_path):
     _write_config(tmp_path / "nomodel.yaml", cfg)
     r = runner.invoke(app, ["train", "--config", str(tmp_path / "nomodel.yaml")])
     assert r.exit_code == 3 and "no-sdxl does not exist" in r.output and "stable-diffusion-xl" in r.output
+
+
+def test_accelerate_entry_point_stops_and_resumes(tiny_sdxl, built_dataset, tmp_path):
+    """`accelerate launch -m hifi_portrait.training.train` runs main(): stop after 1 step, then resume to 2."""
+    from hifi_portrait.training.train import main
+
+    cfg = tiny_config(
+        tiny_sdxl,
+        tmp_path / "run",
+        data={"train_data_dir": str(built_dataset), "ref_size": 32},
+        train={"max_train_steps": 2},
+        validation={"loss_samples": 0},
+    )
+    _write_config(tmp_path / "train.yaml", cfg)
+    assert main(["--config", str(tmp_path / "train.yaml"), "--stop-after-steps", "1"]) == 0
+    assert (tmp_path / "run" / "checkpoint-1").is_dir()
+    assert not (tmp_path / "run" / "hifi_portrait_adapter.safetensors").exists()
+    assert main(["--config", str(tmp_path / "train.yaml"), "--resume", "latest"]) == 0
+    assert (tmp_path / "run" / "hifi_portrait_adapter.safetensors").is_file()
+    assert main(["--config", str(tmp_path / "train.yaml"), "--set", "optim.lr=1"]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 from training_helpers import ListDataset, tiny_config
 
@@ -88,4 +89,80 @@ def test_clear_errors(tiny_sdxl, photo_dataset, tmp_path):
         train(cfg, dataset=photo_dataset)
     cfg = tiny_config(tiny_sdxl, tmp_path / "e", loss={"id_loss_weight": 1.0})
     with pytest.raises(ConfigError, match="id_recognizer"):
+        train(cfg, dataset=photo_dataset)
+
+
+class TinyRecognizer(torch.nn.Module):
+    """A stand-in face recognizer: conv features of the face crop (differentiable, seeded)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.3)
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+
+
+def _adapter_diff(a, b) -> float:
+    wa, wb = _final_weights(a), _final_weights(b)
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
+def test_identity_loss_changes_training(tiny_sdxl, photo_dataset, tmp_path):
+    common = {"train": {"max_train_steps": 2}, "validation": {"loss_samples": 0}}
+    base = train(tiny_config(tiny_sdxl, tmp_path / "plain", **common), dataset=photo_dataset)
+    with_id = train(
+        tiny_config(
+            tiny_sdxl,
+            tmp_path / "id",
+            **common,
+            loss={"id_loss_weight": 1.0, "id_loss_max_timestep": 1000, "id_recognizer_input_size": 16},
+        ),
+        dataset=photo_dataset,
+        id_recognizer=TinyRecognizer(),
+    )
+    # same seed and data: the only difference is the identity loss, which adds to the loss and moves the weights
+    assert all(b > a for a, b in zip(base.losses, with_id.losses, strict=True))
+    assert _adapter_diff(base.adapter_path, with_id.adapter_path) > 1e-6
+
+
+def test_gradient_checkpointing_and_accumulation(tiny_sdxl, photo_dataset, tmp_path):
+    common = {"validation": {"loss_samples": 0}}
+    plain = train(
+        tiny_config(tiny_sdxl, tmp_path / "a", train={"max_train_steps": 2}, **common), dataset=photo_dataset
+    )
+    ckpt = train(
+        tiny_config(tiny_sdxl, tmp_path / "b", train={"max_train_steps": 2, "gradient_checkpointing": True}, **common),
+        dataset=photo_dataset,
+    )
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-5)
+    assert _adapter_diff(plain.adapter_path, ckpt.adapter_path) < 1e-5
+    accum = train(
+        tiny_config(
+            tiny_sdxl, tmp_path / "c", train={"max_train_steps": 2, "gradient_accumulation_steps": 2}, **common
+        ),
+        dataset=photo_dataset,
+    )
+    assert accum.global_step == 2 and len(accum.losses) == 2  # 2 optimizer steps = 4 batches
+    bf16 = train(
+        tiny_config(tiny_sdxl, tmp_path / "d", train={"max_train_steps": 2, "mixed_precision": "bf16"}, **common),
+        dataset=photo_dataset,
+    )
+    assert all(np.isfinite(bf16.losses)) and bf16.adapter_path.is_file()
+    # trainable weights stay fp32 in the exported adapter
+    assert all(v.dtype == torch.float32 for v in load_file(str(bf16.adapter_path)).values())
+
+
+def test_8bit_adam_without_bitsandbytes_is_a_clear_error(tiny_sdxl, photo_dataset, tmp_path):
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    cfg = tiny_config(tiny_sdxl, tmp_path / "a", optim={"use_8bit_adam": True})
+    with pytest.raises(ConfigError, match="bitsandbytes"):
         train(cfg, dataset=photo_dataset)

@@ -91,12 +91,28 @@ def _make_accelerator(cfg: TrainingConfig):
                 "train.report_to is tensorboard but tensorboard is not installed: "
                 "`pip install 'hifi-portrait[train]'`, or set train.report_to: none."
             ) from None
+    _reset_accelerate_state()
     return Accelerator(
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         mixed_precision=cfg.train.mixed_precision,
         log_with=log_with,
         project_config=project,
     )
+
+
+def _reset_accelerate_state() -> None:
+    """Let a second ``train()`` in the same single process use other precision/accumulation settings.
+
+    accelerate keeps process-wide singletons (``AcceleratorState``, ``GradientState``) that refuse a new
+    ``mixed_precision``; in a single-process run nothing else depends on them between runs, so they are cleared
+    (the distributed ``PartialState`` is kept).
+    """
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if PartialState._shared_state and PartialState().num_processes > 1:
+        return
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def train(
@@ -414,24 +430,33 @@ def _save_checkpoint(accelerator, out_dir: Path, step: int, total_limit: int | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``accelerate launch -m hifi_portrait.training.train --config FILE``."""
+    """Entry point of ``accelerate launch -m hifi_portrait.training.train --config FILE`` (exit codes as the CLI)."""
+    from hifi_portrait.errors import HiFiPortraitError, ModelFilesMissingError
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML training config")
+    parser.add_argument("--config", required=True, help="YAML training config (see docs/training.md)")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override")
-    parser.add_argument("--stop-after-steps", type=int, default=None)
+    parser.add_argument("--output-dir", default=None, help="run folder (overrides train.output_dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a value")
+    parser.add_argument("--stop-after-steps", type=int, default=None, help="checkpoint and stop at this step")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("HIFI_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    from hifi_portrait.errors import HiFiPortraitError
-
     try:
         cfg = load_config(args.config, args.set)
         if args.resume:
             cfg.checkpointing.resume_from_checkpoint = args.resume
+        if args.output_dir:
+            cfg.train.output_dir = args.output_dir
         result = train(cfg, stop_after_steps=args.stop_after_steps)
+    except ModelFilesMissingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except HiFiPortraitError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 3 if type(exc).__name__ == "ModelFilesMissingError" else 2 if isinstance(exc, ConfigError) else 1
+        return 1
     print(f"done: {result.global_step} steps; adapter: {result.adapter_path}")
     return 0
 
