@@ -37,7 +37,7 @@ def test_pairwise_metric_matches_brute_force():
     assert p == pytest.approx(tp / (tp + fp)) and r == pytest.approx(tp / (tp + fn))
 
 
-@pytest.mark.parametrize("index", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("index", ["flat", "blocked", "hnsw", "ivf"])
 def test_synthetic_clusters_recovered(index):
     x, labels = synthetic_ids(60, 8, 128, noise=0.45)
     pred = cluster_identities(x, ClusterParams(threshold=0.7, k=10, index=index))

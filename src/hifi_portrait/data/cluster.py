@@ -1,6 +1,7 @@
 """Identity clustering of unit identity vectors, and cluster purification.
 
-1. k-NN graph with faiss (exact inner product below ``FLAT_LIMIT`` vectors, IVF or HNSW above), edges kept when the
+1. k-NN graph with faiss (exact inner product below ``FLAT_LIMIT`` vectors, exact inside k-means blocks above, or
+   faiss IVF / HNSW on request), edges kept when the
    cosine similarity reaches the same-person threshold (optionally only mutual k-NN edges);
 2. connected components of that graph (scipy's C implementation, i.e. union-find); components that are not
    tight around their centroid are re-clustered with average linkage (which does not chain people together);
@@ -24,7 +25,7 @@ from scipy.sparse.csgraph import connected_components
 
 logger = logging.getLogger(__name__)
 
-FLAT_LIMIT = 200_000
+FLAT_LIMIT = 20_000
 
 
 @dataclass
@@ -57,7 +58,9 @@ def knn_search(vectors: np.ndarray, k: int, index: str = "auto") -> tuple[np.nda
     Args:
         vectors: ``(N, D)`` float32 unit vectors.
         k: neighbours per vector (clipped to ``N``).
-        index: ``flat`` (exact), ``ivf`` (inverted lists, ``4 sqrt(N)`` lists, 8 probed), ``hnsw``, or ``auto``.
+        index: ``flat`` (exact), ``blocked`` (:func:`blocked_knn`), ``ivf`` (faiss inverted lists, ``4 sqrt(N)``
+            lists, 8 probed), ``hnsw`` (faiss HNSW graph), or ``auto`` (flat below ``FLAT_LIMIT`` vectors, else
+            blocked).
 
     Returns:
         ``(similarities (N, k) float32, indices (N, k) int64)``; missing neighbours have index ``-1``.
@@ -67,7 +70,9 @@ def knn_search(vectors: np.ndarray, k: int, index: str = "auto") -> tuple[np.nda
     n, d = vectors.shape
     k = min(k, n)
     if index == "auto":
-        index = "flat" if n < FLAT_LIMIT else "ivf"
+        index = "flat" if n < FLAT_LIMIT else "blocked"
+    if index == "blocked":
+        return blocked_knn(vectors, k)
     if index == "flat":
         faiss_index = faiss.IndexFlatIP(d)
     elif index == "hnsw":
@@ -90,6 +95,84 @@ def knn_search(vectors: np.ndarray, k: int, index: str = "auto") -> tuple[np.nda
     return sims, idx
 
 
+def _blocked_pass(vectors: np.ndarray, k: int, nprobe: int, nlist: int, proj_dim: int, seed: int):
+    """One partition of :func:`blocked_knn`: ``(sims (N, nprobe * k), idx (N, nprobe * k))``."""
+    import faiss
+
+    n, d = vectors.shape
+    z = vectors
+    if d > proj_dim:  # blocking only needs a rough position: project to proj_dim dimensions
+        rng = np.random.default_rng(seed)
+        basis, _ = np.linalg.qr(rng.standard_normal((d, proj_dim)))
+        z = _normalize(vectors @ basis.astype(np.float32))
+    kmeans = faiss.Kmeans(z.shape[1], nlist, niter=6, seed=seed, spherical=True, max_points_per_centroid=20)
+    kmeans.train(z)
+    _, assign = kmeans.index.search(z, nprobe)  # (n, nprobe) nearest blocks, nearest first
+    primary = assign[:, 0]
+    db_order = np.argsort(primary, kind="stable")
+    db_bounds = np.searchsorted(primary[db_order], np.arange(nlist + 1))
+    flat = assign.ravel()
+    q_order = np.argsort(flat, kind="stable")
+    q_bounds = np.searchsorted(flat[q_order], np.arange(nlist + 1))
+    sims = np.full((n, nprobe, k), -np.inf, dtype=np.float32)
+    idx = np.full((n, nprobe, k), -1, dtype=np.int64)
+    for block in range(nlist):
+        members = db_order[db_bounds[block] : db_bounds[block + 1]]
+        entries = q_order[q_bounds[block] : q_bounds[block + 1]]
+        if len(members) == 0 or len(entries) == 0:
+            continue
+        queries, slots = entries // nprobe, entries % nprobe
+        kk = min(k, len(members))
+        dist, nn = faiss.knn(vectors[queries], vectors[members], kk, metric=faiss.METRIC_INNER_PRODUCT)
+        sims[queries, slots, :kk] = dist
+        idx[queries, slots, :kk] = members[nn]
+    return sims.reshape(n, -1), idx.reshape(n, -1)
+
+
+def blocked_knn(
+    vectors: np.ndarray,
+    k: int,
+    nprobe: int = 2,
+    passes: int = 2,
+    nlist: int | None = None,
+    proj_dim: int = 64,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate k-NN graph of many unit vectors: exact inner products inside k-means blocks (BLAS).
+
+    Each pass partitions the vectors with k-means on a random ``proj_dim``-d projection; every vector is a member
+    of the block of its nearest centroid and looks for neighbours, exactly, among the members of its ``nprobe``
+    nearest blocks. In high dimension many same-person pairs straddle block borders, so ``passes`` independent
+    partitions (other projection and seed) are combined: a pair missed by one is usually found by another.
+    Work: ``~ passes * n * d * nprobe * block size`` in matrix products.
+
+    Returns:
+        ``(similarities (N, k), indices (N, k))`` like :func:`knn_search` (``-1`` where fewer were found).
+    """
+    n, d = vectors.shape
+    k = min(k, n)
+    pdim = min(d, proj_dim)
+    if nlist is None:  # balances k-means assignment (n*pdim*nlist) and block products (n*d*nprobe*n/nlist)
+        nlist = int(math.sqrt(nprobe * n * d / pdim))
+    nlist = max(1, min(nlist, n // 8))
+    nprobe = min(nprobe, nlist)
+    parts = [_blocked_pass(vectors, k, nprobe, nlist, proj_dim, seed + p) for p in range(passes)]
+    sims = np.concatenate([p[0] for p in parts], axis=1)
+    idx = np.concatenate([p[1] for p in parts], axis=1)
+    # a neighbour found by several passes appears several times: keep one copy, then the k most similar
+    order = np.argsort(idx, axis=1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=1)
+    sims = np.take_along_axis(sims, order, axis=1)
+    repeat = np.zeros_like(idx, dtype=bool)
+    repeat[:, 1:] = idx[:, 1:] == idx[:, :-1]
+    sims[repeat | (idx < 0)] = -np.inf
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if sims.shape[1] > k else np.argsort(-sims, axis=1)
+    sims = np.take_along_axis(sims, top, axis=1)
+    idx = np.take_along_axis(idx, top, axis=1)
+    idx[~np.isfinite(sims)] = -1
+    return sims, idx
+
+
 def _components(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n)).tocsr()
     _, labels = connected_components(graph, directed=False)
@@ -109,11 +192,14 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 
 def centroids_of(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """``(C, D)`` unit mean vector of each cluster ``0..C-1`` (``labels`` ``-1`` ignored)."""
+    from scipy.sparse import csr_matrix
+
     n_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
-    sums = np.zeros((n_clusters, vectors.shape[1]), dtype=np.float64)
-    valid = labels >= 0
-    np.add.at(sums, labels[valid], vectors[valid])
-    return _normalize(sums)
+    valid = np.flatnonzero(labels >= 0)
+    members = csr_matrix(
+        (np.ones(len(valid), dtype=np.float32), (labels[valid], valid)), shape=(n_clusters, len(labels))
+    )
+    return _normalize(np.asarray(members @ vectors))
 
 
 def graph_clusters(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:

@@ -44,7 +44,7 @@ class ClusterConfig:
     merge_threshold: float | None = None  # merge clusters whose centroids are closer than this; None = auto
     duplicate_hash_distance: int = 6  # near-duplicate images: Hamming distance of 64-bit dHash of aligned crops
     duplicate_cosine: float = 0.97  # ... and identity cosine at least this
-    index: str = "auto"  # "flat" (exact), "ivf", "hnsw" or "auto" (flat below 200k vectors)
+    index: str = "auto"  # "flat" (exact), "blocked", "ivf", "hnsw" or "auto" (flat below 20k vectors, else blocked)
     purify_labeled: bool = True  # also drop identity outliers from user-labeled identities
 
 
@@ -90,7 +90,7 @@ class BuilderConfig:
         _check_choice("labels", self.labels, ("auto", "folders", "column", "none"))
         _check_choice("multi_face", self.multi_face, ("largest", "skip"))
         _check_choice("output.format", self.output.format, ("webdataset", "parquet"))
-        _check_choice("cluster.index", self.cluster.index, ("auto", "flat", "ivf", "hnsw"))
+        _check_choice("cluster.index", self.cluster.index, ("auto", "flat", "blocked", "ivf", "hnsw"))
         for name, value, low in (
             ("shard_size", self.shard_size, 1),
             ("workers", self.workers, 0),
