@@ -59,3 +59,39 @@ def shouting_captioner(image, record) -> str:
     from hifi_portrait.data.captions import template_caption
 
     return f"{template_caption(record).upper()} ({image.shape[1]}x{image.shape[0]})"
+
+
+class ColourStatsAnalyzer:
+    """A cheap, deterministic stand-in analyzer for engine plumbing tests only (NOT face analysis).
+
+    It "finds" one face covering the middle of the photo, whose identity vector is the photo's coarse colour
+    layout; photos whose name contains ``noface`` raise FaceNotFoundError. Real behaviour is tested with the
+    real analyzer everywhere else.
+    """
+
+    def analyze(self, image, policy="largest", source=None):
+        import numpy as np
+        from PIL import Image
+
+        from hifi_portrait.errors import FaceNotFoundError
+        from hifi_portrait.face.types import FaceAnalysis, HeadPose, QualityScore
+
+        if source and "noface" in source:
+            raise FaceNotFoundError(f"{source}: no face (stand-in analyzer)")
+        h, w = image.shape[:2]
+        small = np.asarray(Image.fromarray(image).resize((4, 4), Image.BILINEAR), dtype=np.float32).ravel()
+        identity = (small - small.mean()) / (np.linalg.norm(small - small.mean()) + 1e-6)
+        crop = np.asarray(Image.fromarray(image).resize((112, 112)))
+        box = np.array([w * 0.25, h * 0.25, w * 0.75, h * 0.75])
+        lmk = np.stack([np.linspace(box[0], box[2], 478), np.linspace(box[1], box[3], 478), np.zeros(478)], 1)
+        return FaceAnalysis(
+            source=source or "", image_size=(w, h), face_index=0, bbox=box, det_score=0.99,
+            keypoints=lmk[::96, :2][:5], landmarks=lmk, pose=HeadPose(0.0, 0.0, 0.0), transform=np.eye(4),
+            blendshapes={}, identity=identity.astype(np.float32), identity_model="colour-stats",
+            quality=QualityScore(0.9, 1, 1, 1, 1), arcface_crop=crop, encoder_crop=crop,
+            mask=np.full((112, 112), 255, np.uint8), mask_method="none",
+        )  # fmt: skip
+
+
+def colour_stats_factory():
+    return ColourStatsAnalyzer()

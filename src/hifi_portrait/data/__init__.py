@@ -14,7 +14,17 @@ See docs/dataset.md for the stages, the output layout and every config key.
 from hifi_portrait.data.builder import BuildResult, build_dataset
 from hifi_portrait.data.cluster import ClusterParams, cluster_identities, pairwise_precision_recall
 from hifi_portrait.data.config import BuilderConfig, load_config
-from hifi_portrait.data.reader import PortraitDataset, collate_portraits, draw_landmark_points
+
+_LAZY = {"PortraitDataset", "collate_portraits", "draw_landmark_points"}  # torch: imported only when used
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from hifi_portrait.data import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BuildResult",

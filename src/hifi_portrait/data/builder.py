@@ -334,7 +334,7 @@ def build_dataset(
         "format_version": FORMAT_VERSION,
         "identity_model": identity_model,
         "blendshape_names": list(BLENDSHAPE_NAMES),
-        "config": cfg.to_dict(),
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "workers"},  # parallelism never changes output
         "counts": {
             "inputs": len(items),
             "samples": len(kept_meta),
