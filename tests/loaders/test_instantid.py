@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionXLPipeline
+from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from hifi_portrait.cli.main import app
@@ -65,12 +66,12 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def kps_map() -> np.ndarray:
+def kps_map() -> Image.Image:
     """Our landmark generator's InstantID-style 5-keypoint map (canonical face shape, yaw 20 deg), 64x64."""
     from hifi_portrait.landmarks import IdentityShape, generate_landmarks, make_target, render_map
 
     gen = generate_landmarks(IdentityShape.canonical(), make_target(yaw=20), size=(64, 64))
-    return render_map(gen, "instantid")
+    return Image.fromarray(render_map(gen, "instantid"))
 
 
 def embeds(seed: int, n: int = 3) -> torch.Tensor:
@@ -118,15 +119,16 @@ def test_generate_with_identitynet_multi_reference_identity_and_our_keypoint_map
 
     seen = []
     pipe.controlnet.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(kw["encoder_hidden_states"]), with_kwargs=True
+        lambda m, a, kw: seen.append((kw["encoder_hidden_states"], kw["controlnet_cond"])), with_kwargs=True
     )
     refs, quality = embeds(0), [0.9, 0.6, 0.8]
     a = run(pipe, id_embeds=refs, reference_quality=quality, image=kps_map, controlnet_conditioning_scale=0.8)
     assert a.shape == (1, 64, 64, 3) and np.isfinite(a).all()
     # IdentityNet cross-attends to the 4 ID tokens (not the 77 text tokens); CFG "no identity" half = InstantID's
     # projection of a zero embedding, the other half = projection of the fused references
-    states = seen[0]
+    states, cond_image = seen[0]
     assert states.shape == (2, 4, 64)
+    assert cond_image.shape == (2, 3, 64, 64) and 0.5 < float(cond_image.max()) <= 1.0  # the map, scaled to [0, 1]
     with torch.no_grad():
         uncond = pipe.face_refiner.project(torch.zeros(1, 1, 512))
         cond = pipe.face_refiner(refs[None], quality=torch.tensor([quality]))
@@ -139,7 +141,7 @@ def test_generate_with_identitynet_multi_reference_identity_and_our_keypoint_map
     c = run(pipe, id_embeds=refs[[2, 0, 1]], reference_quality=[0.8, 0.9, 0.6], image=kps_map,
             controlnet_conditioning_scale=0.8)  # fmt: skip
     np.testing.assert_allclose(a, c, atol=1e-4)
-    d = run(pipe, id_embeds=refs, reference_quality=quality, image=np.flip(kps_map, 1).copy(),
+    d = run(pipe, id_embeds=refs, reference_quality=quality, image=ImageOps.mirror(kps_map),
             controlnet_conditioning_scale=0.8)  # fmt: skip
     assert np.abs(a - d).max() > 1e-3
 

@@ -222,15 +222,19 @@ def generate_portraits(
 ) -> list[Any]:
     """Run the pipeline once (references encoded once): ``num_images`` PIL portraits of the map's size."""
     import torch
+    from PIL import Image
 
-    height, width = landmark_map.shape[:2]
+    # as a PIL image: diffusers' control-image preprocessing scales PIL images to [0, 1] but passes uint8
+    # arrays through as 0..255
+    landmark_image = landmark_map if isinstance(landmark_map, Image.Image) else Image.fromarray(landmark_map)
+    width, height = landmark_image.size
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=True)
     try:
         out = pipe(
-            prompt=prompt, negative_prompt=negative_prompt or None, faces=list(analyses), landmark_image=landmark_map,
-            height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
-            num_images_per_prompt=num_images, id_scale=id_scale, control_scale=control_scale,
-            generator=torch.Generator("cpu").manual_seed(seed),
+            prompt=prompt, negative_prompt=negative_prompt or None, faces=list(analyses),
+            landmark_image=landmark_image, height=height, width=width, num_inference_steps=steps,
+            guidance_scale=guidance_scale, num_images_per_prompt=num_images, id_scale=id_scale,
+            control_scale=control_scale, generator=torch.Generator("cpu").manual_seed(seed),
         )  # fmt: skip
     except ValueError as exc:
         if "identity vectors are" in str(exc):  # the adapter's refiner was trained with another identity model
