@@ -29,6 +29,7 @@ SUBCOMMANDS = [
     ("train", "train", "train"),
     ("eval", "evaluate", "evaluate"),
     ("demo", "demo", "demo"),
+    ("convert-instantid", "convert", "convert_instantid"),
 ]
 
 
