@@ -152,6 +152,13 @@ def train(
     check_base_model(cfg.model.pretrained_model_name_or_path)
 
     accelerator = _make_accelerator(cfg)
+    logger.info(
+        "accelerate: %d process(es), device %s, mixed precision %s, distributed %s",
+        accelerator.num_processes,
+        accelerator.device,
+        accelerator.mixed_precision,
+        accelerator.distributed_type,
+    )
     from accelerate.utils import set_seed
 
     if cfg.train.seed is not None:
@@ -240,14 +247,16 @@ def train(
 
     # checkpoints: our modules as one adapter file, EMA and the step RNG as safetensors; no pickle of ours
     def save_model_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            for i in reversed(range(len(models))):
-                if isinstance(accelerator.unwrap_model(models[i]), HiFiPortraitTrainingModel):
-                    adapter_io.save_adapter(accelerator.unwrap_model(models[i]), Path(output_dir) / ADAPTER_NAME)
-                    if weights:
-                        weights.pop(i)
-            if ema is not None:
-                adapter_io.save_ema(ema, Path(output_dir))
+        # runs on every process (save_state is called on all of them): weights are written by the main process
+        for i in reversed(range(len(models))):
+            unwrapped = accelerator.unwrap_model(models[i])
+            if isinstance(unwrapped, HiFiPortraitTrainingModel):
+                if accelerator.is_main_process:
+                    adapter_io.save_adapter(unwrapped, Path(output_dir) / ADAPTER_NAME)
+                if weights:
+                    weights.pop(i)
+        if ema is not None and accelerator.is_main_process:
+            adapter_io.save_ema(ema, Path(output_dir))
         adapter_io.save_rng(rng, Path(output_dir), accelerator.process_index)
 
     def load_model_hook(models, input_dir):
@@ -419,14 +428,14 @@ def _move(module: nn.Module | None, device: torch.device, dtype: torch.dtype) ->
 
 
 def _save_checkpoint(accelerator, out_dir: Path, step: int, total_limit: int | None) -> None:
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED or accelerator.is_main_process:
-        if accelerator.is_main_process:
-            rotate_checkpoints(out_dir, total_limit)
-        path = out_dir / f"checkpoint-{step}"
-        accelerator.save_state(str(path))
-        logger.info("saved state to %s", path)
+    """Rotate (main process), then ``save_state`` on every process: each one writes its own RNG states."""
+    if accelerator.is_main_process:
+        rotate_checkpoints(out_dir, total_limit)
+    accelerator.wait_for_everyone()
+    path = out_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
+    logger.info("saved state to %s", path)
 
 
 def main(argv: list[str] | None = None) -> int:
