@@ -37,8 +37,8 @@ def model_files(tmp_path_factory):
     return root
 
 
-def base_args(files: Path, out: Path) -> list[str]:
-    return ["generate", *(str(DATA / n) for n in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")),
+def base_args(files: Path, out: Path, photos=("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")) -> list[str]:
+    return ["generate", *(str(DATA / n) for n in photos),
             "--base", str(files / "sdxl"), "--adapter", str(files / "adapter.safetensors"),
             "--image-encoder", str(files / "clip"), "--prompt", "a portrait photo", "--size", "64x64",
             "--steps", "2", "--out", str(out)]  # fmt: skip
@@ -97,3 +97,28 @@ def test_incomplete_folders_and_bad_options(model_files, tmp_path):
     assert bad.exit_code == 2 and "grin" in bad.output
     odd = runner.invoke(app, base_args(model_files, tmp_path / "c")[:-4] + ["--size", "60x64", "--out", "x"])
     assert odd.exit_code == 2 and "multiples of 8" in odd.output
+
+
+def test_lora_file_changes_the_portrait(model_files, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from hifi_portrait.utils.testing import get_dummy_unet, randomize_
+
+    unet = get_dummy_unet()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    for name, module in unet.named_modules():
+        if name.endswith("lora_B"):
+            randomize_(module, seed=5, std=0.3)
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(unet))
+    lora_file = next((tmp_path / "lora").glob("*.safetensors"))
+    args = base_args(model_files, tmp_path / "plain", photos=("obama2.jpg",))
+    assert runner.invoke(app, args).exit_code == 0
+    with_lora = base_args(model_files, tmp_path / "lora_out", photos=("obama2.jpg",)) + ["--lora", str(lora_file)]
+    result = runner.invoke(app, with_lora)
+    assert result.exit_code == 0, result.output
+    a = np.asarray(Image.open(tmp_path / "plain" / "portrait_0_0.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "lora_out" / "portrait_0_0.png")).astype(int)
+    assert np.abs(a - b).max() > 0
+    assert json.loads((tmp_path / "lora_out" / "settings.json").read_text())["lora"] == [str(lora_file)]
