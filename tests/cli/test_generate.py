@@ -34,6 +34,13 @@ def model_files(tmp_path_factory):
     pipe.save_hifi_portrait(root / "adapter.safetensors")
     pipe.unload_hifi_portrait()
     pipe.save_pretrained(root / "sdxl")
+    # make it look like a downloaded SDXL base: its model_index.json names only SDXL's own components
+    index_path = root / "sdxl" / "model_index.json"
+    index = json.loads(index_path.read_text())
+    keep = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler",
+            "_diffusers_version", "force_zeros_for_empty_prompt")
+    index = {k: v for k, v in index.items() if k in keep}
+    index_path.write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline", **index}))
     return root
 
 
