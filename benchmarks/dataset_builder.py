@@ -89,7 +89,7 @@ def bench_images(count: int, workers: int) -> dict:
     try:
         make_images(tmp / "in", count)
         (tmp / "logs").mkdir()
-        cfg = BuilderConfig(workers=workers, shard_size=16, labels="none", output={"plots": True})  # type: ignore[arg-type]
+        cfg = BuilderConfig(workers=workers, shard_size=16, labels="none")
         start = time.perf_counter()
         result = build_dataset(
             [tmp / "in"], tmp / "out", cfg, analyzer_factory=TimedFactory(str(tmp / "logs")), progress=False

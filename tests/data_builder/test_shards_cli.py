@@ -12,7 +12,16 @@ from typer.testing import CliRunner
 from hifi_portrait.cli.main import app
 from hifi_portrait.data import build_dataset
 from hifi_portrait.data.inputs import InputItem
-from hifi_portrait.data.shards import ShardResult, ShardSpec, plan_shards, read_shard, write_shard
+from hifi_portrait.data.shards import (
+    SUMMARY_ARRAYS,
+    ShardResult,
+    ShardSpec,
+    ShardView,
+    plan_shards,
+    read_shard,
+    read_shard_summary,
+    write_shard,
+)
 from hifi_portrait.errors import ConfigError
 
 
@@ -37,6 +46,17 @@ def test_shard_round_trip(tmp_path):
     assert back.records == _result().records and back.blobs == _result().blobs
     for name, arr in _result().arrays.items():
         assert np.array_equal(back.arrays[name], arr)
+
+
+def test_shard_view_reads_rows_lazily(tmp_path):
+    path = tmp_path / "s.npz"
+    write_shard(path, _result())
+    view = ShardView(path)
+    records, small = read_shard_summary(path)
+    assert records == _result().records and set(small) == set(SUMMARY_ARRAYS)
+    for row in range(2):
+        assert np.array_equal(view.landmarks(row), _result().arrays["landmarks"][row])
+        assert view.blobs(row) == _result().blobs[row]
 
 
 def test_shard_write_is_atomic(tmp_path, monkeypatch):

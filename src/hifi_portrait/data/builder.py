@@ -13,6 +13,7 @@ Output folder layout (see docs/dataset.md)::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from hifi_portrait.data.engines import get_engine, make_progress
 from hifi_portrait.data.inputs import InputItem, enumerate_inputs
 from hifi_portrait.data.report import build_stats, write_plots
 from hifi_portrait.data.select import choose_refs_and_targets, diversity_features
-from hifi_portrait.data.shards import finished_shards, plan_shards, read_shard, remove_stale
+from hifi_portrait.data.shards import ShardView, finished_shards, plan_shards, read_shard_summary, remove_stale
 from hifi_portrait.data.stages import BLENDSHAPE_NAMES, AnalyzerFactory, decode_image, iter_item_bytes
 from hifi_portrait.data.writer import (
     Sample,
@@ -71,8 +72,16 @@ class _Analysed:
     """All successfully analysed images of the run, concatenated over shards (row-aligned)."""
 
     records: list[dict[str, Any]]
-    arrays: dict[str, np.ndarray]
-    blobs: list[dict[str, bytes]]
+    arrays: dict[str, np.ndarray]  # identity, keypoints, bbox, blendshapes, pose (row-aligned with records)
+    refs: list[tuple[str, int]]  # (shard file, row) of each record: landmarks and crops are read from there
+
+    def view(self, path: str) -> ShardView:
+        return _shard_view(path)
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_view(path: str) -> ShardView:
+    return ShardView(Path(path))
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -98,6 +107,7 @@ def _analysis(
 ) -> tuple[list[dict[str, Any]], _Analysed, int, int]:
     """Run (or resume) the per-image stage; return all records, the successful ones, shards computed / reused."""
     fingerprint = cfg.analysis_fingerprint() + ":" + _factory_name(factory)
+    _shard_view.cache_clear()  # memory maps of an earlier build in this process may point to replaced files
     specs = plan_shards(items, cfg.shard_size, fingerprint)
     work_dir = out_dir / "work" / "analysis"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -115,18 +125,18 @@ def _analysis(
     finally:
         bar.close()
     all_records: list[dict[str, Any]] = []
-    ok_records, rows, blobs = [], defaultdict(list), []
-    for spec in specs:
-        shard = read_shard(work_dir / spec.filename())
-        for record in shard.records:
+    ok_records, rows, refs = [], defaultdict(list), []
+    for spec in specs:  # only records and small arrays in memory; landmarks and crops are read when written
+        records, arrays = read_shard_summary(work_dir / spec.filename())
+        for record in records:
             all_records.append(record)
             if record["ok"]:
                 ok_records.append(record)
-                for name, arr in shard.arrays.items():
+                for name, arr in arrays.items():
                     rows[name].append(arr[record["row"]])
-                blobs.append(shard.blobs[record["row"]])
-    arrays = {name: np.stack(v) for name, v in rows.items()} if ok_records else {}
-    return all_records, _Analysed(ok_records, arrays, blobs), len(todo), len(done)
+                refs.append((str(work_dir / spec.filename()), record["row"]))
+    stacked = {name: np.stack(v) for name, v in rows.items()} if ok_records else {}
+    return all_records, _Analysed(ok_records, stacked, refs), len(todo), len(done)
 
 
 def quality_reasons(record: dict[str, Any], pose: np.ndarray, cfg: BuilderConfig) -> list[str]:
@@ -343,6 +353,7 @@ def build_dataset(
         },  # fmt: skip
         "files": {str(p.relative_to(out_dir)): sha256_file(p) for p in sorted(files)},
     }
+    _shard_view.cache_clear()  # release the memory maps of the analysis shards
     _remove_stale_outputs(out_dir, set(manifest["files"]))
     atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     seconds = time.perf_counter() - start
@@ -411,18 +422,11 @@ def _write_output(out_dir, cfg, plan, recs, analysed, passing, vectors, pose, bl
                 "mask_method": record["mask_method"],
             }
             meta["caption"] = captioner(image, meta) if captioner else template_caption(meta)
-            landmarks = analysed.arrays["landmarks"][row] * np.float32(scale)
-            samples.append(
-                Sample(
-                    sample_name,
-                    meta,
-                    photo,
-                    analysed.blobs[row]["crop"],
-                    analysed.blobs[row]["mask"],
-                    vectors[j],
-                    landmarks,
-                )  # fmt: skip
-            )
+            shard_path, shard_row = analysed.refs[row]
+            view = analysed.view(shard_path)
+            landmarks = view.landmarks(shard_row) * np.float32(scale)
+            blobs = view.blobs(shard_row)
+            samples.append(Sample(sample_name, meta, photo, blobs["crop"], blobs["mask"], vectors[j], landmarks))
             kept_meta.append(meta)
             by_identity[name].append({"sample": sample_name, "role": role})
             bar.update(1)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,59 @@ def read_shard(path: Path) -> ShardResult:
         for i in range(offsets.shape[0])
     ]
     return ShardResult(records=meta["records"], arrays=arrays, blobs=blobs)
+
+
+#: Arrays read eagerly by :func:`read_shard_summary` (the large ones are read row by row through :class:`ShardView`).
+SUMMARY_ARRAYS = ("identity", "keypoints", "bbox", "blendshapes", "pose")
+
+
+def read_shard_summary(path: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """The records and the small per-image arrays of a shard, without its landmarks and encoded crops."""
+    with np.load(path, allow_pickle=False) as npz:
+        meta = json.loads(npz["meta"].tobytes().decode())
+        arrays = {name: npz[name] for name in SUMMARY_ARRAYS}
+    return meta["records"], arrays
+
+
+def _member_memmap(path: Path, member: str) -> np.ndarray:
+    """Memory-map an array stored (uncompressed, as ``np.savez`` does) in an ``.npz`` file, without reading it."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz[member]
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        handle.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(handle)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(handle)
+        offset = handle.tell()
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+class ShardView:
+    """Row-by-row access to the large parts of a shard file (landmarks, encoded crops) through memory maps."""
+
+    def __init__(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as npz:
+            self.names = json.loads(npz["meta"].tobytes().decode())["blob_names"]
+            self.offsets = npz["blob_offsets"]
+        self._landmarks = _member_memmap(path, "landmarks")
+        self._data = _member_memmap(path, "blob_data")
+
+    def landmarks(self, row: int) -> np.ndarray:
+        return np.array(self._landmarks[row])
+
+    def blobs(self, row: int) -> dict[str, bytes]:
+        return {
+            name: self._data[int(start) : int(start + size)].tobytes()
+            for name, (start, size) in zip(self.names, self.offsets[row], strict=True)
+        }
 
 
 def finished_shards(work_dir: Path, specs: list[ShardSpec]) -> set[int]:
