@@ -186,7 +186,8 @@ def assign_identities(
     labelled = [i for i, r in enumerate(records) if r["label"]]
     if labelled:
         label_names = sorted({records[i]["label"] for i in labelled})
-        ids = np.array([label_names.index(records[i]["label"]) for i in labelled])
+        label_index = {name: n for n, name in enumerate(label_names)}
+        ids = np.array([label_index[records[i]["label"]] for i in labelled])
         vec = vectors[labelled]
         keep = np.ones(len(labelled), dtype=bool)
         if cfg.cluster.purify_labeled:
@@ -280,7 +281,8 @@ def build_dataset(
         failures[recs[j]["key"]] = {"key": recs[j]["key"], "label": recs[j]["label"], "stage": "identity",
                                     "reason": reason}  # fmt: skip
     ident_list = sorted({n for n in names if n})
-    groups = np.array([ident_list.index(n) if n else -1 for n in names], dtype=np.int64)
+    ident_index = {name: n for n, name in enumerate(ident_list)}
+    groups = np.array([ident_index[n] if n else -1 for n in names], dtype=np.int64)
     hashes = np.array([int(r["dhash"], 16) for r in recs], dtype=np.uint64)
     dup_of = near_duplicates(
         hashes, vectors, quality, groups, cfg.cluster.duplicate_hash_distance, cfg.cluster.duplicate_cosine

@@ -235,13 +235,15 @@ def refine_components(vectors: np.ndarray, labels: np.ndarray, threshold: float,
     cents = centroids_of(vectors, labels)
     sims = np.einsum("nd,nd->n", vectors, cents[labels])
     loose = np.zeros(len(cents), dtype=bool)
-    np.logical_or.at(loose, labels, sims < tight)
+    loose[np.unique(labels[sims < tight])] = True
     sizes = np.bincount(labels, minlength=len(cents))
     loose &= sizes > 2
     out = labels.copy()
     next_id = len(cents)
-    for c in np.flatnonzero(loose):
-        members = np.flatnonzero(labels == c)
+    candidates = np.flatnonzero(loose[labels])
+    candidates = candidates[np.argsort(labels[candidates], kind="stable")]
+    groups = np.split(candidates, np.flatnonzero(np.diff(labels[candidates])) + 1) if len(candidates) else []
+    for members in groups:
         if len(members) > max_size:
             logger.warning("identity cluster of %d images left unrefined (> %d)", len(members), max_size)
             continue
@@ -308,8 +310,10 @@ def near_duplicates(
     drop = np.full(len(hashes), -1, dtype=np.int64)
     hashes = np.asarray(hashes, dtype=np.uint64)
     vectors = _normalize(vectors) if len(vectors) else vectors
-    for g in np.unique(groups[groups >= 0]):
-        members = np.flatnonzero(groups == g)
+    valid = np.flatnonzero(groups >= 0)
+    by_group = valid[np.argsort(groups[valid], kind="stable")]
+    bounds = np.flatnonzero(np.diff(groups[by_group])) + 1
+    for members in np.split(by_group, bounds) if len(by_group) else []:
         if len(members) < 2:
             continue
         order = members[np.lexsort((members, -quality[members]))]  # best first, ties by position
