@@ -11,7 +11,9 @@ test UNet. One step = forward of refiner, HiFi-Net and UNet on random latents / 
 MSE loss, backward, AdamW step on the trainable parameters. The VAE encode and the text encoders are not included
 (constant per step, and commonly precomputed); the references' patch tokens are random (257 x 1280 as from CLIP
 ViT-H/14). Each variant (with / without gradient checkpointing) runs in its own subprocess so that peak memory
-is per variant: on CUDA ``torch.cuda.max_memory_allocated``, on CPU the process's peak RSS.
+is per variant: on CUDA ``torch.cuda.max_memory_allocated``, on CPU the process's peak RSS (dominated by weights
+and optimizer state there). Also reported: the bytes of tensors saved for backward during one step (hooked with
+``torch.autograd.graph.saved_tensors_hooks``), the activation memory that gradient checkpointing reduces.
 
 ``--write`` appends a Markdown table row per variant to benchmarks/results/train_step.md.
 """
@@ -154,6 +156,17 @@ def run_variant(args: argparse.Namespace) -> dict:
     for _ in range(args.warmup):
         step()
     sync()
+    # bytes of tensors kept for backward during one step (what gradient checkpointing trades for recompute);
+    # device-independent, unlike CPU RSS which the weights and the allocator cache dominate
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    saved_gib = sum(saved.values()) / 2**30
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -179,6 +192,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         "seconds_per_step": round(seconds, 4),
         "it_per_s": round(1.0 / seconds, 3),
         "peak_memory_GiB": round(peak_gib, 2),
+        "saved_for_backward_GiB": round(saved_gib, 3),
         "memory_kind": mem_kind,
         "load_avg_1min": round(__import__("os").getloadavg()[0], 2),
         "device": torch.cuda.get_device_name(0)
@@ -243,13 +257,14 @@ def main() -> None:
             f.write(f" (1-min load average at the end: {', '.join(str(r['load_avg_1min']) for r in rows)})\n\n")
             f.write(
                 "| UNet | UNet params (M) | trainable (M) | res | batch | dtype | grad. ckpt | s/step | it/s | "
-                "peak memory (GiB) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+                "peak memory (GiB) | saved for backward (GiB) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
             )
             for r in rows:
                 f.write(
                     f"| {r['unet']} | {r['unet_params_M']} | {r['trainable_params_M']} | {r['resolution']} | "
                     f"{r['batch_size']} | {r['dtype']} | {'yes' if r['gradient_checkpointing'] else 'no'} | "
-                    f"{r['seconds_per_step']} | {r['it_per_s']} | {r['peak_memory_GiB']} ({r['memory_kind']}) |\n"
+                    f"{r['seconds_per_step']} | {r['it_per_s']} | {r['peak_memory_GiB']} ({r['memory_kind']}) | "
+                    f"{r['saved_for_backward_GiB']} |\n"
                 )
 
 

@@ -82,3 +82,20 @@ def test_int_accepted_for_float_and_flat_view():
     assert isinstance(cfg.optim.learning_rate, float) and cfg.loss.face_weight == 2.0
     flat = cfg.flat()
     assert flat["optim.learning_rate"] == 1.0 and all(not isinstance(v, (list, dict)) for v in flat.values())
+
+
+def test_documented_config_is_valid():
+    """The full config shown in docs/training.md loads without error (keys and values checked)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from hifi_portrait.training.config import config_from_dict
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
+    assert blocks, "docs/training.md has no yaml block"
+    cfg = config_from_dict(yaml.safe_load(blocks[0]), source="docs/training.md")
+    assert cfg.data.resolution == 1024 and cfg.train.mixed_precision == "bf16"
+    assert cfg.optim.learning_rate == pytest.approx(1e-4)

@@ -96,7 +96,11 @@ class DataConfig:
 
 @dataclass
 class TrainLoopConfig:
-    """The loop itself: output, seed, batch, steps, precision, memory savers, EMA, logging."""
+    """The loop itself: output, seed, batch, steps, precision, memory savers, EMA, logging.
+
+    Attention runs through PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU),
+    so there is no xformers option: diffusers' xformers switch would also replace the ID attention processors.
+    """
 
     output_dir: str = "runs/hifi-portrait"
     seed: int | None = 42
@@ -107,7 +111,6 @@ class TrainLoopConfig:
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"
     allow_tf32: bool = False
-    enable_xformers_memory_efficient_attention: bool = False
     use_ema: bool = False
     ema_decay: float = 0.9999
     report_to: str = "tensorboard"

@@ -195,14 +195,6 @@ def train(
         base.unet.enable_gradient_checkpointing()
         if getattr(hifi_net, "_supports_gradient_checkpointing", False):
             hifi_net.enable_gradient_checkpointing()
-    if cfg.train.enable_xformers_memory_efficient_attention:
-        from diffusers.utils.import_utils import is_xformers_available
-
-        if not is_xformers_available():
-            raise ConfigError(
-                "train.enable_xformers_memory_efficient_attention needs xformers: `pip install xformers`."
-            )
-        logger.warning("xformers is not applied to the ID attention processors; only to other attention layers")
     if cfg.train.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
 
