@@ -139,6 +139,7 @@ def blocked_knn(
     passes: int = 2,
     nlist: int | None = None,
     proj_dim: int = 64,
+    search_dim: int = 128,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Approximate k-NN graph of many unit vectors: exact inner products inside k-means blocks (BLAS).
@@ -147,19 +148,26 @@ def blocked_knn(
     of the block of its nearest centroid and looks for neighbours, exactly, among the members of its ``nprobe``
     nearest blocks. In high dimension many same-person pairs straddle block borders, so ``passes`` independent
     partitions (other projection and seed) are combined: a pair missed by one is usually found by another.
-    Work: ``~ passes * n * d * nprobe * block size`` in matrix products.
+    Vectors of more than ``search_dim`` dimensions are searched in a ``search_dim``-d random projection and the
+    candidates re-scored exactly. Work: ``~ passes * n * min(d, search_dim) * nprobe * block size`` in matrix
+    products.
 
     Returns:
         ``(similarities (N, k), indices (N, k))`` like :func:`knn_search` (``-1`` where fewer were found).
     """
     n, d = vectors.shape
     k = min(k, n)
-    pdim = min(d, proj_dim)
-    if nlist is None:  # balances k-means assignment (n*pdim*nlist) and block products (n*d*nprobe*n/nlist)
-        nlist = int(math.sqrt(nprobe * n * d / pdim))
+    search = vectors
+    if d > search_dim:  # candidates are searched in a random projection, then re-scored exactly (below)
+        rng = np.random.default_rng(seed + 1000)
+        basis, _ = np.linalg.qr(rng.standard_normal((d, search_dim)))
+        search = _normalize(vectors @ basis.astype(np.float32))
+    sdim, pdim = search.shape[1], min(search.shape[1], proj_dim)
+    if nlist is None:  # balances k-means assignment (n*pdim*nlist) and block products (n*sdim*nprobe*n/nlist)
+        nlist = int(math.sqrt(nprobe * n * sdim / pdim))
     nlist = max(1, min(nlist, n // 8))
     nprobe = min(nprobe, nlist)
-    parts = [_blocked_pass(vectors, k, nprobe, nlist, proj_dim, seed + p) for p in range(passes)]
+    parts = [_blocked_pass(search, k, nprobe, nlist, proj_dim, seed + p) for p in range(passes)]
     sims = np.concatenate([p[0] for p in parts], axis=1)
     idx = np.concatenate([p[1] for p in parts], axis=1)
     # a neighbour found by several passes appears several times: keep one copy, then the k most similar
@@ -173,6 +181,12 @@ def blocked_knn(
     sims = np.take_along_axis(sims, top, axis=1)
     idx = np.take_along_axis(idx, top, axis=1)
     idx[~np.isfinite(sims)] = -1
+    if search is not vectors:  # exact similarities of the candidates, in chunks of rows
+        for start in range(0, n, 20_000):
+            rows = slice(start, min(n, start + 20_000))
+            cand = idx[rows]
+            exact = np.einsum("nd,nkd->nk", vectors[rows], vectors[np.maximum(cand, 0)])
+            sims[rows] = np.where(cand >= 0, exact, -np.inf)
     return sims, idx
 
 
