@@ -51,7 +51,16 @@ def test_cli_trains_on_built_dataset(tiny_sdxl, built_dataset, tmp_path):
     with safe_open(str(adapter), "pt") as f:
         assert f.metadata()["format"] == "hifi-portrait-adapter" and f.metadata()["training_step"] == "3"
     assert (run / "validation" / "step-2.png").is_file() and (run / "validation" / "final.png").is_file()
-    assert any((run / "logs").rglob("events.out.tfevents.*"))
+    events = list((run / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"loss", "lr", "val_loss"} <= set(tags["scalars"]), tags
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
+    assert "validation" in tags["images"] and "validation/final" in tags["images"]
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["train_data_dir"] == str(built_dataset) and saved["train"]["max_train_steps"] == 3
 
