@@ -55,4 +55,4 @@ def test_exported_adapter_loads_and_changes_output(tiny_sdxl, photo_dataset, fac
         )
         tokens_pipe = pipe.encode_id_tokens(faces=refs, device=torch.device("cpu"))
     cos = F.cosine_similarity(tokens_train.flatten(), tokens_pipe.flatten(), dim=0).item()
-    assert cos > 0.98, cos
+    assert cos > 0.999, cos  # measured 0.999997 (the only difference: resize order of the crops)
