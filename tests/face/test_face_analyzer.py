@@ -169,3 +169,14 @@ def test_quality_orders_sharp_above_blurred(analyzer, photos, analyses):
 def test_bad_array_input_is_a_config_error(analyzer):
     with pytest.raises(ConfigError, match="uint8"):
         analyzer.analyze(np.zeros((64, 64, 3), dtype=np.float32))
+
+
+def test_analyze_many_in_parallel_keeps_order_and_errors(analyzer, photos, analyses):
+    images = [photos["obama2.jpg"], skimage.data.coffee(), photos["biden.jpg"], photos["obama3.jpg"]]
+    names = ["obama2.jpg", "coffee", "biden.jpg", "obama3.jpg"]
+    results = list(analyzer.analyze_many(images, workers=2, sources=names))
+    assert isinstance(results[1], FaceNotFoundError) and "coffee" in str(results[1])
+    for i in (0, 2, 3):
+        assert results[i].source == names[i]
+        assert np.allclose(results[i].identity, analyses[names[i]].identity, atol=1e-5)
+        assert np.allclose(results[i].landmarks, analyses[names[i]].landmarks, atol=1e-3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import typer
 from PIL import Image
 
 from hifi_portrait.cli.common import safe_child, user_errors
-from hifi_portrait.errors import ConfigError, HiFiPortraitError, NoUsableReferencesError
+from hifi_portrait.errors import ConfigError, HiFiPortraitError, ImageLoadError, NoUsableReferencesError
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def analyze(
     face_landmarker: Path | None = typer.Option(None, help="A face_landmarker.task file (default: packaged copy)."),
     min_face_px: float = typer.Option(40.0, help="Smallest usable face (sqrt of box area, pixels)."),
     min_sharpness: float = typer.Option(20.0, help="Smallest usable Laplacian variance of the 112 px face crop."),
+    workers: int = typer.Option(min(2, os.cpu_count() or 1), help="Photos analysed in parallel (threads)."),
 ) -> None:
     """Analyse reference photos: crops, masks, landmarks, pose, identity, quality, set consistency."""
     from tqdm import tqdm
@@ -103,25 +105,36 @@ def analyze(
         files, skipped = collect_inputs(list(photos))
         analyzer = _analyzer(min_face_px, min_sharpness, insightface, face_landmarker)
         analyses, folders, used, kept = [], [], set(), None
-        for path in tqdm(files, desc="analysing faces", unit="photo"):
-            try:
-                image = load_image(path)
-                analysis = analyzer.analyze(image, policy=face_policy, source=str(path))
-            except HiFiPortraitError as exc:
-                if isinstance(exc, ConfigError):
-                    raise
-                logger.warning("skipping %s: %s", path, exc)
-                skipped.append({"file": str(path), "reason": str(exc), "error": type(exc).__name__})
-                continue
-            folder = safe_child(out, output_stem(path, used))
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(analysis.arcface_crop).save(folder / "arcface.png")
-            Image.fromarray(analysis.encoder_crop).save(folder / "encoder.png")
-            Image.fromarray(analysis.mask).save(folder / "mask.png")
-            landmark_overlay(image, analysis).save(folder / "overlay.png")
-            analysis.save(folder / "analysis")
-            analyses.append(analysis)
-            folders.append(folder)
+        chunk = max(1, workers) * 4
+        with tqdm(total=len(files), desc="analysing faces", unit="photo") as progress:
+            for start in range(0, len(files), chunk):
+                loaded = []
+                for path in files[start : start + chunk]:
+                    try:
+                        loaded.append((path, load_image(path)))
+                    except ImageLoadError as exc:
+                        logger.warning("skipping %s: %s", path, exc)
+                        skipped.append({"file": str(path), "reason": str(exc), "error": type(exc).__name__})
+                        progress.update(1)
+                results = analyzer.analyze_many(
+                    [image for _, image in loaded], policy=face_policy, workers=workers,
+                    sources=[str(path) for path, _ in loaded],
+                )
+                for (path, image), result in zip(loaded, results, strict=True):
+                    progress.update(1)
+                    if isinstance(result, HiFiPortraitError):
+                        logger.warning("skipping %s: %s", path, result)
+                        skipped.append({"file": str(path), "reason": str(result), "error": type(result).__name__})
+                        continue
+                    folder = safe_child(out, output_stem(path, used))
+                    folder.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(result.arcface_crop).save(folder / "arcface.png")
+                    Image.fromarray(result.encoder_crop).save(folder / "encoder.png")
+                    Image.fromarray(result.mask).save(folder / "mask.png")
+                    landmark_overlay(image, result).save(folder / "overlay.png")
+                    result.save(folder / "analysis")
+                    analyses.append(result)
+                    folders.append(folder)
 
         report: dict = {"inputs": [str(p) for p in photos], "policy": face_policy, "faces": [], "skipped": skipped}
         if analyses:

@@ -88,7 +88,7 @@ class RetinaFaceDetector:
     _VAR_CENTER, _VAR_SIZE = 0.1, 0.2
 
     def __init__(
-        self, score_threshold: float = 0.7, nms_threshold: float = 0.4, max_side: int = 640, num_threads: int = 2
+        self, score_threshold: float = 0.7, nms_threshold: float = 0.4, max_side: int = 640, num_threads: int = 1
     ) -> None:
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 #: dlib's chip geometry for this model (``get_face_chip_details(shape, size, padding)``).
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
+#: Serializes changes of torch's process-wide thread count (see :meth:`DlibResNetTorch.__call__`).
+_TORCH_THREADS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -181,29 +184,36 @@ class DlibResNetTorch:
     def __call__(self, chips: np.ndarray) -> np.ndarray:
         """128-d descriptors (not normalized, as dlib returns them) of ``(N, 150, 150, 3)`` RGB uint8 chips."""
         import torch
+
+        if not self.num_threads:
+            return self._forward(chips)
+        # torch's thread count is process-wide: set it only around our call, one call at a time
+        with _TORCH_THREADS_LOCK:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(self.num_threads)
+            try:
+                return self._forward(chips)
+            finally:
+                torch.set_num_threads(previous)
+
+    def _forward(self, chips: np.ndarray) -> np.ndarray:
+        import torch
         import torch.nn.functional as F
 
-        previous = torch.get_num_threads()
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        try:
-            with torch.inference_mode():
-                x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
-                x = (x - self.mean) / 256.0
-                x = F.relu(self._conv_affine(x, 0))
-                x = F.max_pool2d(x, 3, 2)
-                i = 1
-                for _channels, down in _stages():
-                    y = F.relu(self._conv_affine(x, i))
-                    y = self._conv_affine(y, i + 1)
-                    i += 2
-                    shortcut = F.avg_pool2d(x, 2, 2) if down else x
-                    x = F.relu(self._add_padded(y, shortcut))
-                x = x.mean(dim=(2, 3))
-                out = x @ self.fc
-            return out.numpy().astype(np.float32)
-        finally:
-            if self.num_threads:
-                torch.set_num_threads(previous)
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
+            x = (x - self.mean) / 256.0
+            x = F.relu(self._conv_affine(x, 0))
+            x = F.max_pool2d(x, 3, 2)
+            i = 1
+            for _channels, down in _stages():
+                y = F.relu(self._conv_affine(x, i))
+                y = self._conv_affine(y, i + 1)
+                i += 2
+                shortcut = F.avg_pool2d(x, 2, 2) if down else x
+                x = F.relu(self._add_padded(y, shortcut))
+            x = x.mean(dim=(2, 3))
+            out = x @ self.fc
+        return out.numpy().astype(np.float32)
 
 

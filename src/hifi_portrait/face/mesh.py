@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -112,11 +111,18 @@ def _native_stderr_silenced(enabled: bool = True):
         os.close(saved)
 
 
-def _close_landmarker(ref: weakref.ref) -> None:
-    obj = ref()
-    if obj is not None:
+#: Every mediapipe FaceLandmarker we created and did not close yet. They are kept alive on purpose: mediapipe
+#: closes a landmarker from its ``__del__``, and a close started by the garbage collector at an arbitrary point
+#: (e.g. while a thread is being started) can deadlock. They are closed by :meth:`MediaPipeLandmarker.close` or
+#: at interpreter exit, while mediapipe's worker threads still run.
+_OPEN_LANDMARKERS: list = []
+_EXIT_HOOK: list[bool] = []
+
+
+def _close_all_landmarkers() -> None:
+    while _OPEN_LANDMARKERS:
         try:
-            obj.close()
+            _OPEN_LANDMARKERS.pop().close()
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
 
@@ -172,15 +178,17 @@ class MediaPipeLandmarker:
                 self._landmarker.detect(
                     mp.Image(image_format=mp.ImageFormat.SRGB, data=np.zeros((64, 64, 3), dtype=np.uint8))
                 )
-            # close it while mediapipe's worker threads still run (its __del__ fails at interpreter teardown);
-            # threading's exit hooks run before the thread pools shut down
-            register = getattr(threading, "_register_atexit", atexit.register)
-            register(_close_landmarker, weakref.ref(self))
+            _OPEN_LANDMARKERS.append(self._landmarker)
+            if not _EXIT_HOOK:  # threading's exit hooks run before mediapipe's thread pools shut down
+                getattr(threading, "_register_atexit", atexit.register)(_close_all_landmarkers)
+                _EXIT_HOOK.append(True)
         return self._landmarker
 
     def close(self) -> None:
         """Release mediapipe's graph (it is re-created on the next :meth:`fit`)."""
         if self._landmarker is not None:
+            if self._landmarker in _OPEN_LANDMARKERS:
+                _OPEN_LANDMARKERS.remove(self._landmarker)
             self._landmarker.close()
             self._landmarker = None
 
