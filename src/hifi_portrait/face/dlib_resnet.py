@@ -153,21 +153,20 @@ class DlibResNetTorch:
         weights = read_dlib_resnet(path)
         self.num_threads = num_threads
         self.mean = torch.from_numpy(weights["mean"]).view(1, 3, 1, 1)
-        self.convs = [
-            (torch.from_numpy(c.weight.copy()), torch.from_numpy(c.bias), c.stride, c.padding)
-            for c in weights["convs"]
-        ]
-        self.affines = [(torch.from_numpy(g).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1))
-                        for g, b in weights["affines"]]
+        # each conv is followed by a per-channel affine (dlib's frozen batch norm): fold it into the conv, and keep
+        # the weights in channels-last layout (about 25 % faster on CPU than the default layout)
+        self.convs = []
+        for conv, (gamma, beta) in zip(weights["convs"], weights["affines"], strict=True):
+            weight = torch.from_numpy(conv.weight * gamma[:, None, None, None])
+            bias = torch.from_numpy(conv.bias * gamma + beta)
+            self.convs.append((weight.contiguous(memory_format=torch.channels_last), bias, conv.stride, conv.padding))
         self.fc = torch.from_numpy(weights["fc"])
 
     def _conv_affine(self, x, i: int):
         import torch.nn.functional as F
 
-        w, b, stride, pad = self.convs[i]
-        x = F.conv2d(x, w, b, stride=stride, padding=pad)
-        gamma, beta = self.affines[i]
-        return x * gamma + beta
+        weight, bias, stride, pad = self.convs[i]
+        return F.conv2d(x, weight, bias, stride=stride, padding=pad)
 
     @staticmethod
     def _add_padded(a, b):
@@ -202,7 +201,7 @@ class DlibResNetTorch:
 
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
-            x = (x - self.mean) / 256.0
+            x = ((x - self.mean) / 256.0).contiguous(memory_format=torch.channels_last)
             x = F.relu(self._conv_affine(x, 0))
             x = F.max_pool2d(x, 3, 2)
             i = 1
