@@ -34,3 +34,29 @@ def test_pool_matches_in_process(tmp_path):
     assert one.stats["excluded_by_stage"].get("detect") == 1
     assert one.identities >= 10  # a photo and its copy are one identity
     assert _files(tmp_path / "one") == _files(tmp_path / "pool")
+
+
+def test_rerun_after_interrupted_output_writing(tmp_path):
+    """A build stopped while writing its outputs (manifest missing, a shard half-written, temp files left behind)
+    is completed by a re-run, with the same bytes and without recomputing the analysis."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for n, path in enumerate(sorted(IDS.glob("*/*.jpg"))[:6]):
+        for copy in range(2):
+            (src / f"{n:02d}-{copy}-{path.name}").write_bytes(path.read_bytes())
+    cluster = {"threshold": 0.99, "duplicate_hash_distance": -1}
+    settings = {"workers": 1, "shard_size": 4, "labels": "none", "cluster": cluster}
+    cfg = BuilderConfig.from_dict({**settings, "output": {"identities_per_shard": 2}})
+    out = tmp_path / "out"
+    build_dataset([src], out, cfg, analyzer_factory=colour_stats_factory, progress=False)
+    complete = _files(out)
+    (out / "manifest.json").unlink()
+    shard = out / "shards" / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    (out / ".tmp-stats").write_text("partial")
+    (out / "shards" / ".tmp-x.tar").write_bytes(b"partial")
+    (out / "shards" / "shard-000099.tar").write_bytes(b"from an earlier, larger build")
+    again = build_dataset([src], out, cfg, analyzer_factory=colour_stats_factory, progress=False)
+    assert again.shards_computed == 0 and again.shards_reused == 3
+    assert _files(out) == complete
+    assert not list(out.rglob(".tmp-*")) and not (out / "shards" / "shard-000099.tar").exists()
