@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from builder_helpers import IDS, colour_stats_factory
 
 from hifi_portrait.data import BuilderConfig, build_dataset
+from hifi_portrait.errors import DatasetError
 
 
 def _files(out):
@@ -60,3 +62,18 @@ def test_rerun_after_interrupted_output_writing(tmp_path):
     assert again.shards_computed == 0 and again.shards_reused == 3
     assert _files(out) == complete
     assert not list(out.rglob(".tmp-*")) and not (out / "shards" / "shard-000099.tar").exists()
+
+
+def test_nothing_usable_still_reports_why(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(b"not an image")
+    (src / "b-noface.jpg").write_bytes((IDS / "obama" / "1.jpg").read_bytes())
+    cfg = BuilderConfig(workers=1, labels="none")
+    with pytest.raises(DatasetError, match="failures.jsonl"):
+        build_dataset([src], tmp_path / "out", cfg, analyzer_factory=colour_stats_factory, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert [(f["key"].rsplit("/", 1)[1], f["stage"]) for f in lines] == [
+        ("a.jpg", "decode"),
+        ("b-noface.jpg", "detect"),
+    ]

@@ -266,6 +266,7 @@ def build_dataset(
             f"faces were analysed with several identity models ({', '.join(models)}); rebuild in one go"
         )
     if not passing:
+        _write_failures(out_dir, failures)
         raise DatasetError(
             f"none of the {len(items)} input images has a usable face; see {out_dir / 'failures.jsonl'} for reasons"
         )
@@ -305,6 +306,7 @@ def build_dataset(
             continue
         identities.append((ident_list[g], rows))
     if not identities:
+        _write_failures(out_dir, failures)
         raise DatasetError(
             f"no identity has {cfg.selection.min_images} or more usable images; see {out_dir / 'failures.jsonl'}"
         )
@@ -325,10 +327,7 @@ def build_dataset(
         out_dir, cfg, plan, recs, analysed, passing, vectors, pose, blend, item_by_key, captioner, identity_model,
         progress,
     )  # fmt: skip
-    failure_list = [failures[k] for k in sorted(failures)]
-    atomic_write(
-        out_dir / "failures.jsonl", "".join(json.dumps(f, sort_keys=True) + "\n" for f in failure_list).encode()
-    )
+    failure_list = _write_failures(out_dir, failures)
     kept_rows = [j for _, rows in plan for j, _ in rows]
     extra = {
         "identity_model": identity_model,
@@ -448,6 +447,15 @@ def _write_output(out_dir, cfg, plan, recs, analysed, passing, vectors, pose, bl
         out_dir / "identities.jsonl", "".join(json.dumps(x, sort_keys=True) + "\n" for x in identity_lines).encode()
     )
     return kept_meta, written
+
+
+def _write_failures(out_dir: Path, failures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write ``failures.jsonl`` (one line per excluded input, sorted by key); return the sorted list."""
+    failure_list = [failures[k] for k in sorted(failures)]
+    atomic_write(
+        out_dir / "failures.jsonl", "".join(json.dumps(f, sort_keys=True) + "\n" for f in failure_list).encode()
+    )
+    return failure_list
 
 
 def _remove_stale_outputs(out_dir: Path, keep: set[str]) -> None:
