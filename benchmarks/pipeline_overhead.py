@@ -19,12 +19,14 @@ Configurations:
 
 * default (``mid``, for CPU): an SDXL-shaped UNet at reduced width/depth -- ``block_out_channels=(128, 256, 512)``,
   ``transformer_layers_per_block=(1, 2, 4)``, 64 channels per head, SDXL's cross-attention (2048) and micro-
-  conditioning sizes -- at 256x256, and a mid CLIP vision tower (hidden 640, 12 layers, 257 tokens at 224 px);
+  conditioning sizes -- at 512x512 (its attention levels then see 1024 and 256 tokens, against SDXL's 4096 and
+  1024 at 1024^2; at 256x256 the constant per-step projections of the 2048-d text and ID tokens weigh several
+  times more than in SDXL), and a mid CLIP vision tower (hidden 384, 8 layers, 257 tokens at 224 px);
 * ``--full``: the SDXL base UNet architecture (``SDXL_UNET``, built from its config dict) and CLIP ViT-H/14
   (IP-Adapter's image encoder) at ``--resolution`` (1024 by default with ``--full``); with ``--device cuda`` the
   peak memory (``torch.cuda.max_memory_allocated``) of each configuration's resident models is reported too.
 
-    python benchmarks/pipeline_overhead.py                                   # CPU, mid-size, ~2 minutes
+    python benchmarks/pipeline_overhead.py                                   # CPU, mid-size, ~5 minutes
     python benchmarks/pipeline_overhead.py --full --device cuda --dtype fp16 # GPU, SDXL architecture at 1024^2
 """
 
@@ -72,9 +74,9 @@ MID_UNET = {
 VIT_H = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
          "patch_size": 14, "image_size": 224, "projection_dim": 1024}  # fmt: skip
 #: Mid CLIP vision tower, scaled with MID_UNET so that (CLIP FLOPs per image) / (UNet FLOPs per CFG step) is about
-#: the same as ViT-H/14 vs the SDXL UNet at 1024^2 (0.025): 257 x 256 tokens at 224 px.
-VIT_MID = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 6, "num_attention_heads": 4,
-           "patch_size": 14, "image_size": 224, "projection_dim": 256}  # fmt: skip
+#: the same as ViT-H/14 vs the SDXL UNet at 1024^2 (0.025; here 0.0087 / 0.350 TFLOPs at 512^2): 257 x 384 tokens.
+VIT_MID = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 6,
+           "patch_size": 14, "image_size": 224, "projection_dim": 384}  # fmt: skip
 
 
 def sync(device: torch.device) -> None:
@@ -120,7 +122,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="full SDXL UNet architecture + CLIP ViT-H/14")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--resolution", type=int, default=None, help="image side (default 256 mid, 1024 full)")
+    parser.add_argument("--resolution", type=int, default=None, help="image side (default 512 mid, 1024 full)")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=30, help="denoising steps for the end-to-end N comparison")
@@ -136,7 +138,7 @@ def main() -> None:
         torch.set_num_threads(args.threads or 1)
     elif args.threads:
         torch.set_num_threads(args.threads)
-    res = args.resolution or (1024 if args.full else 256)
+    res = args.resolution or (1024 if args.full else 512)
     unet_cfg, vit_cfg = (SDXL_UNET, VIT_H) if args.full else (MID_UNET, VIT_MID)
     nbytes = torch.finfo(dtype).bits // 8
 
