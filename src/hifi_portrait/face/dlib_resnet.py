@@ -153,19 +153,27 @@ class DlibResNetTorch:
         weights = read_dlib_resnet(path)
         self.num_threads = num_threads
         self.mean = torch.from_numpy(weights["mean"]).view(1, 3, 1, 1)
-        # each conv is followed by a per-channel affine (dlib's frozen batch norm): fold it into the conv, and keep
-        # the weights in channels-last layout (about 25 % faster on CPU than the default layout)
-        self.convs = []
+        #: the layers as in dlib's file: ``convs`` ``(weight (O, I, k, k), bias (O,), stride, padding)`` and
+        #: ``affines`` ``(gamma, beta)`` each ``(1, O, 1, 1)`` (used by hifi_portrait.training.recognizers)
+        self.convs = [
+            (torch.from_numpy(c.weight.copy()), torch.from_numpy(c.bias), c.stride, c.padding)
+            for c in weights["convs"]
+        ]
+        self.affines = [(torch.from_numpy(g).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1))
+                        for g, b in weights["affines"]]
+        # for inference each affine (dlib's frozen batch norm) is folded into its conv, and the weights are kept in
+        # channels-last layout (about 25 % faster on CPU than the default layout)
+        self._fused = []
         for conv, (gamma, beta) in zip(weights["convs"], weights["affines"], strict=True):
             weight = torch.from_numpy(conv.weight * gamma[:, None, None, None])
             bias = torch.from_numpy(conv.bias * gamma + beta)
-            self.convs.append((weight.contiguous(memory_format=torch.channels_last), bias, conv.stride, conv.padding))
+            self._fused.append((weight.contiguous(memory_format=torch.channels_last), bias, conv.stride, conv.padding))
         self.fc = torch.from_numpy(weights["fc"])
 
     def _conv_affine(self, x, i: int):
         import torch.nn.functional as F
 
-        weight, bias, stride, pad = self.convs[i]
+        weight, bias, stride, pad = self._fused[i]
         return F.conv2d(x, weight, bias, stride=stride, padding=pad)
 
     @staticmethod
