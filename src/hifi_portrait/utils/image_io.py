@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-import warnings
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ MAX_PIXELS_ENV = "HIFI_PORTRAIT_MAX_PIXELS"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview
+
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 def default_max_pixels() -> int:
@@ -97,9 +99,10 @@ def _open(source: ImageSource) -> Image.Image:
             raise ImageLoadError(f"{path}: the file is empty (0 bytes); copy the photo again or remove it.")
         fp = path
     try:
-        # Our own pixel limit is checked below; PIL's decompression-bomb check would raise its own error type.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # our own limit (checked by the caller from the header, with a clearer message) replaces PIL's
+        # decompression-bomb check, which would raise its own error type; PIL's limit is a module global, so
+        # it is changed under a lock and restored at once (opening reads only the header)
+        with _PIL_LIMIT_LOCK:
             old = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None
             try:
