@@ -7,7 +7,8 @@ Conventions (used everywhere in hifi-portrait):
 * The 5 keypoints are, in this order and in *image* terms: eye on the image's left, eye on the image's right,
   nose tip, mouth corner on the image's left, mouth corner on the image's right (InsightFace / InstantID order).
 * ``landmarks`` are mediapipe's 478 face-mesh points: ``x, y`` in pixels of the upright image, ``z`` in the
-  same pixel scale (mediapipe's normalized z multiplied by the image width), smaller z = closer to the camera.
+  same pixel scale (mediapipe's normalized z multiplied by the width, in photo pixels, of the square crop the mesh
+  was fitted on), smaller z = closer to the camera.
 * Head pose, in degrees, of the face as seen by the camera:
   ``yaw`` > 0 when the face turns towards the image's right side (the subject's left),
   ``pitch`` > 0 when the face looks up,
