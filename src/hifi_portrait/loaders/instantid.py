@@ -268,15 +268,17 @@ def load_instantid(
     """Put InstantID's image projection, ID attention and (optionally) IdentityNet on a HiFi-Portrait pipeline.
 
     After this, call the pipeline with ``id_embeds=`` (``(N, 512)`` ArcFace embeddings, see
-    :func:`instantid_embeddings`), ``reference_quality=``, ``image=`` (the InstantID keypoint map) and
-    ``controlnet_conditioning_scale=``; ``id_scale`` is InstantID's ``ip_adapter_scale``.
+    :func:`instantid_embeddings`), ``reference_quality=``, ``image=`` (the InstantID keypoint map, as a PIL image),
+    ``controlnet_conditioning_scale=`` and ``id_scale=`` (InstantID's ``ip_adapter_scale``). With N = 1 the result
+    equals InstantID's own pipeline (checked to 1e-6 on tiny random models, see docs/instantid.md).
 
     Args:
         pipe: a :class:`~hifi_portrait.pipelines.StableDiffusionXLHiFiPortraitPipeline` (SDXL UNet).
         path: the ``.safetensors`` written by :func:`convert_instantid_checkpoint`.
         controlnet: IdentityNet (``ControlNetModel.from_pretrained(".../ControlNetModel")``), or a list whose
             first item is IdentityNet; None keeps the pipeline's ControlNet (which must then be IdentityNet).
-        id_scale: initial ID attention scale.
+        id_scale: initial ID attention scale. The pipeline call's ``id_scale`` argument (InstantID's
+            ``ip_adapter_scale``, default 1.0) sets it again on every call: pass it there.
         device, dtype: default to the UNet's.
 
     Returns:
