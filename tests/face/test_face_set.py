@@ -87,3 +87,12 @@ def test_face_set_round_trip(analyses, tmp_path):
     assert np.array_equal(back.fused_identity, fset.fused_identity)
     for a, b in zip(fset.analyses, back.analyses, strict=True):
         _assert_same_analysis(a, b)
+
+
+def test_outliers_are_found_when_strangers_are_many(analyses):
+    """Two photos of one person and one of another (the median rule alone would flag all three), and three of one
+    person with two strangers: the largest group of linked references is the person."""
+    fset = FaceSet.from_analyses([analyses["obama.jpg"], analyses["obama2.jpg"], analyses["biden.jpg"]])
+    assert fset.outliers == [2]
+    fset = FaceSet.from_analyses([analyses[n] for n in OBAMA[:3]] + [analyses["biden.jpg"], analyses["astronaut.jpg"]])
+    assert fset.outliers == [3, 4]

@@ -22,6 +22,7 @@ app = typer.Typer(
 
 # (subcommand name, module under hifi_portrait.cli, function name)
 SUBCOMMANDS = [
+    ("run", "run", "run"),
     ("analyze", "analyze", "analyze"),
     ("landmarks", "landmarks", "landmarks"),
     ("generate", "generate", "generate"),

@@ -6,9 +6,10 @@ drawn from a generator seeded by ``(seed, epoch, index)``: reproducible, differe
 (:meth:`PortraitDataset.set_epoch`). :func:`collate_portraits` pads the variable number of references of a batch and
 returns a mask.
 
-Landmark map: drawn from the target's stored 478-point mesh with :func:`hifi_portrait.landmarks.render.draw_mediapipe`
-when that module is available, else as white points (:func:`draw_landmark_points`); pass ``landmark_map=`` to use
-another renderer.
+Landmark map: drawn from the target's stored (detected) 478-point mesh in the 3D-aware ``"hifi"`` style with
+:func:`hifi_portrait.landmarks.render.render_detected`, the style the pipeline gets at inference from
+:func:`hifi_portrait.landmarks.generate_landmarks`; pass ``landmark_map=`` to use another renderer (e.g. one of
+:func:`draw_landmark_points` or the mediapipe style, to train for the maps of public face ControlNets).
 """
 
 from __future__ import annotations
@@ -42,12 +43,10 @@ def draw_landmark_points(landmarks: np.ndarray, size: int) -> np.ndarray:
 
 
 def default_landmark_map(landmarks: np.ndarray, size: int) -> np.ndarray:
-    """The landmark map of the training condition (mediapipe face-mesh style when available)."""
-    try:
-        from hifi_portrait.landmarks.render import draw_mediapipe
-    except ImportError:
-        return draw_landmark_points(landmarks, size)
-    return draw_mediapipe(np.zeros((size, size, 3), dtype=np.uint8), np.asarray(landmarks, dtype=np.float64))
+    """The landmark map of the training condition: the 3D-aware ``"hifi"`` style used at inference."""
+    from hifi_portrait.landmarks.render import render_detected
+
+    return render_detected(np.asarray(landmarks, dtype=np.float64), (size, size), "hifi")
 
 
 class _Store:

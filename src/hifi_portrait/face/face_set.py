@@ -32,6 +32,18 @@ def same_person_threshold(identity_model: str) -> float:
     raise ConfigError(f"no default same-person threshold for identity model {identity_model!r}; pass threshold=")
 
 
+def _outliers(sim: np.ndarray, median: np.ndarray, thr: float) -> list[int]:
+    """Indices outside the strictly largest group of references linked by similarity >= ``thr`` (see FaceSet)."""
+    from scipy.sparse.csgraph import connected_components
+
+    _, labels = connected_components(sim >= thr, directed=False)
+    sizes = np.bincount(labels)
+    largest = sizes.max()
+    if largest >= 2 and (sizes == largest).sum() == 1:
+        return [int(i) for i in np.where(labels != sizes.argmax())[0]]
+    return [int(i) for i in np.where(median < thr)[0]]
+
+
 @dataclass
 class FaceSet:
     """Reference analyses of one person and what is derived from them.
@@ -39,9 +51,12 @@ class FaceSet:
     Attributes:
         analyses: the references, in input order.
         similarity: ``(N, N)`` cosine similarity of their identity vectors.
-        outliers: indices of references that are probably not the same person as the rest: their median
-            similarity to the others is below ``threshold`` (needs N >= 3; with N = 2 nothing can be said about
-            *which* one differs, so none is flagged and a warning is logged).
+        outliers: indices of references that are probably not the same person as the rest (needs N >= 3; with
+            N = 2 nothing can be said about *which* one differs, so none is flagged and a warning is logged). The
+            references are linked when their similarity reaches ``threshold``; the largest linked group is the
+            person, the others are outliers. When no group is strictly the largest (e.g. two against two, or
+            all different), a reference is an outlier when its median similarity to the others is below
+            ``threshold``.
         threshold: the same-person cosine threshold used.
         fused_identity: ``(D,)`` unit vector: quality-weighted mean of the non-outlier identity vectors,
             renormalized (all of them if every reference is an outlier).
@@ -83,7 +98,7 @@ class FaceSet:
             median = np.ones(1)
         outliers: list[int] = []
         if n >= 3:
-            outliers = [int(i) for i in np.where(median < thr)[0]]
+            outliers = _outliers(sim, median, thr)
         elif n == 2 and sim[0, 1] < thr:
             logger.warning(
                 "the two references have identity similarity %.3f < %.2f: they are probably different people "

@@ -201,3 +201,34 @@ def warp_reference(image: np.ndarray, ref_landmarks: np.ndarray, gen: GeneratedL
     if matrix is None:
         return np.zeros((gen.camera.height, gen.camera.width, 3), dtype=np.uint8)
     return cv2.warpAffine(image, matrix, (gen.camera.width, gen.camera.height), borderMode=cv2.BORDER_CONSTANT)
+
+
+def from_detected(landmarks: np.ndarray, size: tuple[int, int]) -> GeneratedLandmarks:
+    """Wrap *detected* ``(478, 3)`` landmarks (pixels, ``z`` in pixel scale, :mod:`hifi_portrait.face.types`) so
+    that :func:`render_map` draws them in any style, the 3D-aware ``"hifi"`` one included.
+
+    Detected faces have no camera-space points; they are taken under a weak-perspective camera, far away along the
+    optical axis (``z + 20 * max(W, H)``), which is what mediapipe's ``z`` assumes. Visibility and surface normals
+    then come from the detected depth, so a training target's map (made from its detected landmarks) and an
+    inference map (made by :func:`~hifi_portrait.landmarks.generate_landmarks`) look alike for the same face.
+    """
+    from hifi_portrait.landmarks.generate import TargetAttributes, vertex_normals
+    from hifi_portrait.landmarks.geometry import PinholeCamera
+
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.shape != (M.NUM_LANDMARKS, 3):
+        raise LandmarkError(f"detected landmarks must have shape ({M.NUM_LANDMARKS}, 3), not {pts.shape}")
+    w, h = int(size[0]), int(size[1])
+    far = 20.0 * max(w, h)
+    points_cam = np.stack([pts[:, 0] - w / 2, pts[:, 1] - h / 2, pts[:, 2] + far], axis=1)
+    normals = vertex_normals(points_cam, M.canonical_mesh().triangles)
+    return GeneratedLandmarks(
+        landmarks=pts, points_cam=points_cam, normals_cam=normals, camera=PinholeCamera(w, h),
+        rotation=np.eye(3), target=TargetAttributes(),
+    )  # fmt: skip
+
+
+def render_detected(landmarks: np.ndarray, size: tuple[int, int], style: str = "hifi") -> np.ndarray:
+    """The conditioning map of detected ``(478, 3)`` landmarks on a ``size = (W, H)`` canvas (see
+    :func:`from_detected`)."""
+    return render_map(from_detected(landmarks, size), style)
