@@ -14,6 +14,11 @@ the SDXL base (a diffusers folder, or a Hub id when online), the hifi-portrait a
 vision encoder folder (``--image-encoder``, or ``image_encoder/`` inside the SDXL folder). Nothing is downloaded
 unless ``--base`` is a Hub id.
 
+InstantID mode (``--instantid ip-adapter.safetensors --identitynet ControlNetModel/ --insightface-dir antelopev2/``):
+InstantID's published weights (converted with ``hifi-portrait convert-instantid``) replace the adapter and the CLIP
+encoder; identity = our fused references' 512-d ArcFace embeddings, control = our InstantID-style keypoint map
+(docs/instantid.md).
+
 Exit codes: 0 done; 1 no usable reference / bad weights; 2 bad option; 3 model files missing.
 """
 
@@ -90,6 +95,31 @@ def model_file_problems(base: str | Path | None, adapter: Path | None, image_enc
     return problems
 
 
+def instantid_file_problems(
+    base: str | Path | None, instantid: Path, identitynet: Path | None, insightface_dir: Path | None
+) -> list[str]:
+    """Like :func:`model_file_problems` for InstantID mode (SDXL base, converted ip-adapter, IdentityNet, ArcFace)."""
+    problems = [p for p in model_file_problems(base, None, None) if p.startswith("SDXL base")]
+    where = "from https://huggingface.co/InstantX/InstantID"
+    if Path(instantid).suffix != ".safetensors":
+        problems.append(f"InstantID ip-adapter {instantid}: not a .safetensors file; convert InstantID's "
+                        "ip-adapter.bin with `hifi-portrait convert-instantid ip-adapter.bin --out "
+                        "ip-adapter.safetensors`")  # fmt: skip
+    elif not Path(instantid).is_file():
+        problems.append(f"InstantID ip-adapter {instantid}: file not found (convert ip-adapter.bin {where} with "
+                        "`hifi-portrait convert-instantid`)")  # fmt: skip
+    if identitynet is None:
+        problems.append(f"IdentityNet: not given; pass --identitynet with the ControlNetModel/ folder {where} "
+                        "(config.json + diffusion_pytorch_model.safetensors)")  # fmt: skip
+    elif not (Path(identitynet) / "config.json").is_file() or not any(Path(identitynet).glob("*.safetensors")):
+        problems.append(f"IdentityNet {identitynet}: needs config.json and diffusion_pytorch_model.safetensors "
+                        f"(the ControlNetModel/ folder {where})")  # fmt: skip
+    if insightface_dir is None:
+        problems.append("ArcFace model: InstantID reads 512-d antelopev2 embeddings; pass --insightface-dir with the "
+                        "antelopev2 pack of the insightface model zoo (non-commercial licence)")  # fmt: skip
+    return problems
+
+
 def resolve_image_encoder(base_dir: Path | None, image_encoder: Path | None) -> Path | None:
     if image_encoder is not None:
         return Path(image_encoder).expanduser()
@@ -153,6 +183,43 @@ def load_pipeline(
             f"could not load the SDXL base from {base_dir} ({exc}). Needed: {WHERE_BASE}."
         ) from None
     pipe.load_hifi_portrait(str(adapter))
+    _add_loras(pipe, loras, lora_scale)
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def load_instantid_pipeline(
+    base: str | Path, instantid: Path, identitynet: Path, loras: Sequence[Path] = (), lora_scale: float = 1.0,
+    fp16: bool = False, device: str = "cpu", cpu_offload: bool = False,
+) -> Any:  # fmt: skip
+    """SDXL + IdentityNet + InstantID's converted image projection and ID attention (+ LoRAs)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from hifi_portrait.loaders.instantid import load_instantid
+    from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
+
+    dtype = torch.float16 if fp16 else torch.float32
+    controlnet = ControlNetModel.from_pretrained(str(identitynet), dtype=dtype, use_safetensors=True)
+    try:
+        pipe = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(
+            str(base), controlnet=controlnet, dtype=dtype, use_safetensors=True, add_watermarker=False
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelFilesMissingError(f"could not load the SDXL base {base} ({exc}). Needed: {WHERE_BASE}.") from None
+    load_instantid(pipe, instantid)
+    _add_loras(pipe, loras, lora_scale)
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def _add_loras(pipe: Any, loras: Sequence[Path], lora_scale: float) -> None:
     for i, lora in enumerate(loras):
         if not Path(lora).is_file():
             raise ModelFilesMissingError(f"LoRA file {lora} not found")
@@ -162,11 +229,6 @@ def load_pipeline(
             raise ConfigError(f"--lora needs the peft package: pip install peft ({exc})") from None
     if loras:
         pipe.set_adapters([f"lora{i}" for i in range(len(loras))], adapter_weights=[lora_scale] * len(loras))
-    if cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    return pipe
 
 
 def _pick_device(device: str | None, fp16: bool, cpu_offload: bool) -> str:
@@ -240,6 +302,37 @@ def generate_portraits(
         if "identity vectors are" in str(exc):  # the adapter's refiner was trained with another identity model
             raise ConfigError(f"{exc} Use --insightface-dir for adapters trained on 512-d ArcFace vectors.") from None
         raise
+    return list(out.images)
+
+
+def generate_instantid_portraits(
+    pipe: Any,
+    id_embeds: Any,
+    quality: Any,
+    landmark_map: Any,
+    prompt: str,
+    negative_prompt: str | None = None,
+    steps: int = 30,
+    seed: int = 0,
+    num_images: int = 1,
+    guidance_scale: float = 5.0,
+    id_scale: float = 0.8,
+    control_scale: float = 0.8,
+    progress: bool = True,
+) -> list[Any]:
+    """InstantID mode: ``(N, 512)`` ArcFace embeddings + keypoint map -> portraits (IdentityNet at control_scale)."""
+    import torch
+    from PIL import Image
+
+    kps = landmark_map if isinstance(landmark_map, Image.Image) else Image.fromarray(landmark_map)
+    pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=True)
+    out = pipe(
+        prompt=prompt, negative_prompt=negative_prompt or None, id_embeds=torch.as_tensor(id_embeds),
+        reference_quality=torch.as_tensor(quality), image=kps, height=kps.size[1], width=kps.size[0],
+        controlnet_conditioning_scale=control_scale, id_scale=id_scale, num_inference_steps=steps,
+        guidance_scale=guidance_scale, num_images_per_prompt=num_images,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    )  # fmt: skip
     return list(out.images)
 
 
@@ -318,6 +411,10 @@ def generate(
     insightface_dir: Path | None = typer.Option(
         None, help="insightface model folder (antelopev2) for adapters trained on 512-d ArcFace vectors."
     ),
+    instantid: Path | None = typer.Option(
+        None, help="InstantID mode: its ip-adapter converted to .safetensors (hifi-portrait convert-instantid)."
+    ),
+    identitynet: Path | None = typer.Option(None, help="InstantID mode: IdentityNet's ControlNetModel/ folder."),
 ) -> None:
     """Generate identity-preserving portraits of the person in REFS with the requested pose and expression."""
     with user_errors():
@@ -344,7 +441,15 @@ def _run(opt: dict[str, Any]) -> None:
     device = _pick_device(opt["device"], opt["fp16"], opt["cpu_offload"])
 
     typer.echo("[1/4] checking model files")
-    require_model_files(opt["base"], opt["adapter"], opt["image_encoder"])
+    mode = "instantid" if opt["instantid"] is not None else "hifi-portrait"
+    if mode == "instantid":
+        problems = instantid_file_problems(opt["base"], opt["instantid"], opt["identitynet"], opt["insightface_dir"])
+        if problems:
+            raise ModelFilesMissingError("InstantID mode needs model files that were not found:\n  - "
+                                         + "\n  - ".join(problems) + "\nSee docs/instantid.md.")  # fmt: skip
+        opt["style"] = "instantid"  # IdentityNet was trained on InstantID's keypoint drawing
+    else:
+        require_model_files(opt["base"], opt["adapter"], opt["image_encoder"])
     out: Path = opt["out"]
     out.mkdir(parents=True, exist_ok=True)
 
@@ -364,17 +469,26 @@ def _run(opt: dict[str, Any]) -> None:
     map_path = safe_child(out, f"landmarks_{opt['style']}.png")
     Image.fromarray(cond).save(map_path)
 
-    typer.echo(f"[4/4] loading SDXL + adapter on {device}{' (fp16)' if opt['fp16'] else ''}")
-    pipe = load_pipeline(opt["base"], opt["adapter"], opt["image_encoder"], loras=opt["lora"],
-                         lora_scale=opt["lora_scale"], fp16=opt["fp16"], device=device,
-                         cpu_offload=opt["cpu_offload"])  # fmt: skip
-    t_load = time.perf_counter()
-    progress = logging.getLogger().getEffectiveLevel() <= logging.INFO
-    images = generate_portraits(
-        pipe, analyses, cond, opt["prompt"], opt["negative_prompt"], steps=opt["steps"], seed=opt["seed"],
-        num_images=opt["num_images"], guidance_scale=opt["guidance_scale"], id_scale=opt["id_scale"],
-        control_scale=opt["control_scale"], progress=progress,
-    )  # fmt: skip
+    what = "InstantID (IdentityNet + ip-adapter)" if mode == "instantid" else "adapter"
+    typer.echo(f"[4/4] loading SDXL + {what} on {device}{' (fp16)' if opt['fp16'] else ''}")
+    common = {"loras": opt["lora"], "lora_scale": opt["lora_scale"], "fp16": opt["fp16"], "device": device,
+              "cpu_offload": opt["cpu_offload"]}  # fmt: skip
+    run_kw = {"steps": opt["steps"], "seed": opt["seed"], "num_images": opt["num_images"],
+              "guidance_scale": opt["guidance_scale"], "id_scale": opt["id_scale"],
+              "control_scale": opt["control_scale"],
+              "progress": logging.getLogger().getEffectiveLevel() <= logging.INFO}  # fmt: skip
+    if mode == "instantid":
+        from hifi_portrait.loaders.instantid import instantid_embeddings
+
+        id_embeds, quality = instantid_embeddings(analyses, analyzer.embedder)
+        pipe = load_instantid_pipeline(opt["base"], opt["instantid"], opt["identitynet"], **common)
+        t_load = time.perf_counter()
+        images = generate_instantid_portraits(pipe, id_embeds, quality, cond, opt["prompt"], opt["negative_prompt"],
+                                              **run_kw)  # fmt: skip
+    else:
+        pipe = load_pipeline(opt["base"], opt["adapter"], opt["image_encoder"], **common)
+        t_load = time.perf_counter()
+        images = generate_portraits(pipe, analyses, cond, opt["prompt"], opt["negative_prompt"], **run_kw)
     t_gen = time.perf_counter()
     outputs = []
     for i, image in enumerate(images):
@@ -391,11 +505,13 @@ def _run(opt: dict[str, Any]) -> None:
     settings = {
         key: (str(value) if isinstance(value, Path) else value)
         for key, value in opt.items()
-        if key not in ("refs", "lora", "driver", "out", "insightface_dir")
+        if key not in ("refs", "lora", "driver", "out", "insightface_dir", "instantid", "identitynet")
     }
     settings.update(
+        instantid=str(opt["instantid"]) if opt["instantid"] else None,
+        identitynet=str(opt["identitynet"]) if opt["identitynet"] else None,
         lora=[str(p) for p in opt["lora"]], driver=str(opt["driver"]) if opt["driver"] else None, size=[width, height],
-        device=device, dtype="float16" if opt["fp16"] else "float32", references=ref_report,
+        device=device, dtype="float16" if opt["fp16"] else "float32", references=ref_report, mode=mode,
         identity_model=analyses[0].identity_model,
         target={"yaw": target.yaw, "pitch": target.pitch, "roll": target.roll,
                 "blendshapes": {k: v for k, v in target.blendshapes.items() if v > 0}},
