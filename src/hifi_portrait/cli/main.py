@@ -18,6 +18,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    epilog=(
+        "Examples:\n\n"
+        "  hifi-portrait run tests/data/obama*.jpg --out results\n\n"
+        "  hifi-portrait analyze refs/ --out results/analysis --drop-outliers\n\n"
+        "  hifi-portrait landmarks refs/*.jpg --yaw 30 --expression smile:0.7 --size 832x1216 "
+        "--out maps --sweep yaw\n\n"
+        "  hifi-portrait generate refs/*.jpg --base sdxl-base --adapter hifi.safetensors --image-encoder clip-vit-h "
+        "--prompt 'a portrait photo' --out portraits\n\n"
+        "  hifi-portrait build-dataset photos/ --out dataset --config dataset.yaml\n\n"
+        "  hifi-portrait train --config train.yaml --resume latest\n\n"
+        "  hifi-portrait eval bench.yaml -g ours=generated/ours -g instantid=generated/instantid --out scores\n\n"
+        "  hifi-portrait demo --port 7860\n\n"
+        "Exit codes: 0 ok, 1 nothing usable / job failed, 2 bad option or config, 3 model files missing."
+    ),
 )
 
 # (subcommand name, module under hifi_portrait.cli, function name)
@@ -49,12 +63,7 @@ def _main(
 
 def _register() -> None:
     for name, module_name, func_name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"hifi_portrait.cli.{module_name}")
-        except ModuleNotFoundError as exc:  # a subcommand not written yet
-            if exc.name == f"hifi_portrait.cli.{module_name}":
-                continue
-            raise
+        module = importlib.import_module(f"hifi_portrait.cli.{module_name}")
         app.command(name)(getattr(module, func_name))
 
 
