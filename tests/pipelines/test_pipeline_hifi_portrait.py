@@ -306,3 +306,15 @@ def test_loads_a_plain_sdxl_checkpoint_folder(tmp_path, faces, landmark_map, pla
     pipe.set_hifi_portrait(**get_dummy_adapter(pipe.unet))
     out = run(pipe, id_embeds=torch.from_numpy(np.stack([f.identity for f in faces])), landmark_image=landmark_map)
     assert np.abs(out - plain_images).max() > 1e-3
+
+
+def test_uint8_array_and_pil_landmark_maps_are_the_same_condition(faces, landmark_map):
+    """diffusers scales PIL maps to [0, 1] but not numpy arrays: uint8 arrays must get the same scaling."""
+    from PIL import Image
+
+    pipe = make_pipe()
+    as_array = pipe(prompt="a portrait photo", faces=faces, landmark_image=landmark_map, num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+    as_pil = run(pipe, faces=faces, landmark_image=Image.fromarray(landmark_map))
+    np.testing.assert_array_equal(as_array.images, as_pil)
+    np.testing.assert_array_equal(np.asarray(as_array.landmark_images[0]), landmark_map)

@@ -84,6 +84,15 @@ def _onload(module: torch.nn.Module | None) -> None:
         hook.pre_forward(module)
 
 
+
+def _uint8_arrays_to_pil(image: Any) -> Any:
+    """``(H, W, 3)`` uint8 arrays (alone or in a list) -> PIL images; anything else unchanged."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3:
+        return PIL.Image.fromarray(image)
+    if isinstance(image, list):
+        return [_uint8_arrays_to_pil(i) for i in image]
+    return image
+
 class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline, HiFiPortraitLoaderMixin):
     """SDXL pipeline for identity-preserving portraits from several references, with landmark control.
 
@@ -426,6 +435,9 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             )
         cond_image = None
         if landmark_image is not None:
+            # diffusers scales PIL images to [0, 1] but passes numpy arrays through unchanged: uint8 maps (what
+            # hifi_portrait.landmarks.render_map returns) become PIL images so they get the same [0, 1] scaling
+            landmark_image = _uint8_arrays_to_pil(landmark_image)
             dtype = self.hifi_net.dtype if self.hifi_net is not None else prompt_embeds.dtype
             cond_image = self.prepare_image(
                 image=landmark_image,
