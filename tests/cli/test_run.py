@@ -51,3 +51,21 @@ def test_run_without_usable_reference_exits_1(tmp_path):
     result = CliRunner().invoke(app, ["run", str(bad), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1
     assert "no usable face" in result.output
+
+
+def test_run_generates_a_portrait_per_target_with_weights(tmp_path, model_files, monkeypatch):
+    """With (tiny random) model files the main job also writes one portrait per default target."""
+    from hifi_portrait.cli.run import DEFAULT_TARGETS
+
+    monkeypatch.setenv("HIFI_PORTRAIT_IMAGE_ENCODER", str(model_files / "clip"))  # the env route for one of them
+    out = tmp_path / "results"
+    args = ["run", *(str(DATA / n) for n in ("obama.jpg", "obama2.jpg")), "--out", str(out), "--size", "64x64",
+            "--steps", "2", "--base", str(model_files / "sdxl"), "--adapter", str(model_files / "adapter.safetensors")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    portraits = {p.stem: np.asarray(Image.open(p)) for p in (out / "portraits").glob("*.png")}
+    assert set(portraits) == {label for label, *_ in DEFAULT_TARGETS}
+    assert all(p.shape == (64, 64, 3) for p in portraits.values())
+    # the targets differ in pose and expression, so the portraits differ (slightly: the tiny adapter is random)
+    assert not np.array_equal(portraits["frontal_neutral"], portraits["left_smile"])
+    assert not (out / "portraits" / "MISSING_WEIGHTS.txt").exists()
