@@ -68,3 +68,22 @@ def test_missing_tokens_are_reported():
         _run(unet, torch.randn(2, 77, 64))
     with pytest.raises(ValueError, match="no ID attention"):
         set_id_scale(get_dummy_unet(), 1.0)
+
+
+def test_id_key_value_cache_is_exact_and_invalidated_by_new_tokens_or_weights():
+    proc = IDAttnProcessor(hidden_size=32, cross_attention_dim=16, num_tokens=4)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 4, 16, generator=g)
+    with torch.no_grad():
+        k1, v1 = proc.id_key_value(tokens)
+        k2, v2 = proc.id_key_value(tokens.clone())  # same values, another tensor: served from the cache
+        assert k2 is k1 and v2 is v1
+        assert torch.equal(k1, proc.to_k_ip(tokens)) and torch.equal(v1, proc.to_v_ip(tokens))
+        other = tokens + 1.0
+        assert torch.equal(proc.id_key_value(other)[0], proc.to_k_ip(other))  # new tokens: recomputed
+        proc.to_k_ip.weight.mul_(2.0)  # an in-place weight update (optimizer step, load_state_dict)
+        assert torch.equal(proc.id_key_value(other)[0], proc.to_k_ip(other))
+    # with autograd on (training) nothing is cached and gradients flow to the projections
+    key, _ = proc.id_key_value(other)
+    key.sum().backward()
+    assert proc.to_k_ip.weight.grad is not None and proc._kv_cache is None

@@ -80,6 +80,33 @@ class IDAttnProcessor(nn.Module):
         end = encoder_hidden_states.shape[1] - self.num_tokens
         return encoder_hidden_states[:, :end], encoder_hidden_states[:, end:]
 
+    def id_key_value(self, id_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``to_k_ip`` and ``to_v_ip`` of the ``(B, T, D)`` ID tokens.
+
+        The ID tokens are the same at every denoising step of a generation, so at inference (no autograd) the
+        projections are computed once and reused while the tokens and weights are unchanged (checked by value: a
+        comparison of ``B*T*D`` numbers instead of two ``D x hidden`` matrix products per step and layer).
+        """
+        id_tokens = id_tokens.to(dtype=self.to_k_ip.weight.dtype)
+        if torch.is_grad_enabled():
+            self._kv_cache = None
+            return self.to_k_ip(id_tokens), self.to_v_ip(id_tokens)
+        cache = getattr(self, "_kv_cache", None)
+        versions = (self.to_k_ip.weight._version, self.to_v_ip.weight._version)
+        if (
+            cache is not None
+            and cache[0].shape == id_tokens.shape
+            and cache[0].device == id_tokens.device
+            and cache[3] == versions
+            and cache[4] == (self.to_k_ip.weight.data_ptr(), self.to_v_ip.weight.data_ptr())
+            and torch.equal(cache[0], id_tokens)
+        ):
+            return cache[1], cache[2]
+        key, value = self.to_k_ip(id_tokens), self.to_v_ip(id_tokens)
+        ptrs = (self.to_k_ip.weight.data_ptr(), self.to_v_ip.weight.data_ptr())
+        self._kv_cache = (id_tokens.clone(), key, value, versions, ptrs)
+        return key, value
+
     def __call__(
         self,
         attn: Attention,
@@ -142,9 +169,9 @@ class IDAttnProcessor(nn.Module):
         hidden_states = hidden_states.to(query.dtype)
 
         if id_tokens is not None and self.scale != 0.0:
-            id_tokens = id_tokens.to(dtype=self.to_k_ip.weight.dtype)
-            ip_key = self.to_k_ip(id_tokens).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            ip_value = self.to_v_ip(id_tokens).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            ip_key, ip_value = self.id_key_value(id_tokens)
+            ip_key = ip_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            ip_value = ip_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             if attn.norm_k is not None:
                 ip_key = attn.norm_k(ip_key)
             ip_hidden = F.scaled_dot_product_attention(query, ip_key, ip_value, dropout_p=0.0, is_causal=False)
