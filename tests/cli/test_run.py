@@ -34,7 +34,7 @@ def test_run_writes_analysis_control_grids_and_weights_notice(tmp_path, monkeypa
     assert target.shape == (640, 512, 3)
 
     notice = (out / "portraits" / "MISSING_WEIGHTS.txt").read_text()
-    assert "SDXL base folder" in notice and "adapter" in notice and "CLIP vision encoder" in notice
+    assert "SDXL base" in notice and "adapter" in notice and "CLIP vision encoder" in notice
 
 
 def test_run_with_incomplete_weights_exits_3_naming_the_files(tmp_path):
@@ -42,7 +42,7 @@ def test_run_with_incomplete_weights_exits_3_naming_the_files(tmp_path):
     missing = tmp_path / "nowhere.safetensors"
     result = CliRunner().invoke(app, ["run", str(DATA / "obama.jpg"), "--out", str(out), "--adapter", str(missing)])
     assert result.exit_code == 3, result.output
-    assert "nowhere.safetensors" in result.output and "SDXL base folder" in result.output
+    assert "nowhere.safetensors" in result.output and "SDXL base" in result.output
 
 
 def test_run_without_usable_reference_exits_1(tmp_path):

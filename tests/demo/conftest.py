@@ -5,11 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-OBAMAS = [DATA / "obama.jpg", DATA / "obama2.jpg", DATA / "obama3.jpg"]
-BIDEN = DATA / "biden.jpg"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "demo"
+from demo_photos import ARTIFACTS, BIDEN, DATA, OBAMAS  # noqa: F401 - used by the fixtures below
 
 
 @pytest.fixture(scope="session")

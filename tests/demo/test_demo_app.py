@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import OBAMAS
+from demo_photos import OBAMAS
 from typer.testing import CliRunner
 
 from hifi_portrait.demo import WeightsConfig, build_demo, weights_help_markdown
-from hifi_portrait.demo.weights import SDXL_SUBFOLDERS
 from hifi_portrait.errors import ModelFilesMissingError
+from hifi_portrait.pipelines.model_files import SDXL_PARTS
 
 
 def _fake_sdxl_layout(root):
     root.mkdir()
     (root / "model_index.json").write_text("{}")
-    for sub in SDXL_SUBFOLDERS:
+    for sub in SDXL_PARTS:
         (root / sub).mkdir()
     return root
 
@@ -24,7 +24,7 @@ def test_weights_check_names_every_missing_file(tmp_path):
     problems = WeightsConfig().problems()
     assert len(problems) == 3
     text = "\n".join(problems)
-    for needle in ("SDXL base folder", "--base", "adapter", "--adapter", "CLIP vision encoder", "--image-encoder"):
+    for needle in ("SDXL base", "--base", "adapter", "--adapter", "CLIP vision encoder", "--image-encoder"):
         assert needle in text
     with pytest.raises(ModelFilesMissingError, match="--adapter"):
         WeightsConfig().require()
@@ -66,7 +66,7 @@ def _api_fn(demo, api_name):
 def test_page_without_weights_says_which_files(analyzer, landmark_backend):
     demo = build_demo(analyzer, landmark_backend, max_queue=5, max_upload_mb=2)
     status = _component(demo, "weights-status")
-    assert status["visible"] is True and "SDXL base folder" in status["value"] and "--adapter" in status["value"]
+    assert status["visible"] is True and "SDXL base" in status["value"] and "--adapter" in status["value"]
     assert _component(demo, "generate")["interactive"] is False
     assert demo._queue.max_size == 5 and demo.hifi_limits.max_upload_mb == 2
     apis = {fn.api_name for fn in demo.fns.values() if fn.api_name}

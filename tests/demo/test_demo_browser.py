@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIDEN, OBAMAS
+from demo_photos import BIDEN, OBAMAS
 
 from hifi_portrait.demo import callbacks as cb
 from hifi_portrait.demo.app import PREVIEW_SIZE
@@ -152,7 +152,7 @@ def test_upload_analyse_and_live_preview(server, browser, artifacts_dir, mixed_v
 
     # without weights the page says which files generation needs, and the button is off
     status = page.inner_text("#weights-status")
-    assert "SDXL base folder" in status and "--adapter" in status and "CLIP vision encoder" in status
+    assert "SDXL base" in status and "--adapter" in status and "CLIP vision encoder" in status
     assert page.locator("#generate").is_disabled()
 
     shot = artifacts_dir / "demo_page.png"

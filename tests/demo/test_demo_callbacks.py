@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BIDEN, DATA, OBAMAS
+from demo_photos import BIDEN, DATA, OBAMAS
 
 from hifi_portrait.demo import callbacks as cb
 from hifi_portrait.errors import LandmarkError

@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from conftest import BIDEN, OBAMAS
+from demo_photos import BIDEN, OBAMAS
 
 httpx = pytest.importorskip("httpx")
 psutil = pytest.importorskip("psutil")

@@ -85,10 +85,10 @@ def run(
     """Run the main job: analyse the references, render pose/expression control grids, generate portraits."""
     from hifi_portrait.cli.analyze import analyze
     from hifi_portrait.cli.landmarks import parse_size
-    from hifi_portrait.demo.weights import WeightsConfig
     from hifi_portrait.errors import ConfigError
     from hifi_portrait.face import FaceAnalysis
     from hifi_portrait.landmarks import STYLES, fit_identity_shape, generate_landmarks, make_target, render_map
+    from hifi_portrait.pipelines.model_files import WeightsConfig
 
     with user_errors():
         canvas = parse_size(size)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -18,8 +17,8 @@ from hifi_portrait.errors import HiFiPortraitError
 
 if TYPE_CHECKING:
     from hifi_portrait.demo.callbacks import TargetSpec
-    from hifi_portrait.demo.weights import WeightsConfig
     from hifi_portrait.face.types import FaceAnalysis
+    from hifi_portrait.pipelines.model_files import WeightsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -154,40 +153,18 @@ class PipelineGenerator:
 
 
 def load_pipeline(weights: WeightsConfig, device: str = "cpu") -> Any:
-    """Load the hifi-portrait SDXL pipeline from an SDXL folder, the adapter file and a CLIP vision encoder.
-
-    On a CUDA device the weights are loaded in fp16, elsewhere in fp32.
-
-    The encoder's image processor is read from its folder (``preprocessor_config.json``) or from the SDXL folder's
-    ``feature_extractor/``; without either, CLIP's standard 224 px preprocessing is used (what the CLIP-ViT-H/14
-    encoder of IP-Adapter expects).
+    """Load the hifi-portrait SDXL pipeline from the user's files (fp16 on CUDA, fp32 elsewhere).
 
     Raises:
         ModelFilesMissingError: a file is missing (all missing files are named).
         WeightsMismatchError: the adapter does not fit the base model.
     """
-    weights.require()
-    import torch
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    from hifi_portrait.pipelines.model_files import load_pipeline as load
 
-    from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
-
-    encoder_dir = weights.resolved_image_encoder()
-    dtype = torch.float16 if str(device).startswith("cuda") else torch.float32  # fp16 halves VRAM on GPUs
-    encoder = CLIPVisionModelWithProjection.from_pretrained(str(encoder_dir), use_safetensors=True, dtype=dtype)
-    extra: dict[str, Any] = {"image_encoder": encoder}
-    base = Path(weights.base)
-    if (encoder_dir / "preprocessor_config.json").is_file():
-        extra["feature_extractor"] = CLIPImageProcessor.from_pretrained(str(encoder_dir))
-    elif not (base / "feature_extractor" / "preprocessor_config.json").is_file():
-        extra["feature_extractor"] = CLIPImageProcessor()
-    logger.info("loading the SDXL pipeline from %s, adapter %s, image encoder %s", base, weights.adapter, encoder_dir)
-    pipe = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(
-        str(base), use_safetensors=True, dtype=dtype, **extra
-    )
-    pipe.load_hifi_portrait(str(weights.adapter))
+    pipe = load(weights.base, weights.adapter, weights.image_encoder, fp16=str(device).startswith("cuda"),
+                device=device)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe
 
 
 def pipeline_generator(pipe: Any = None, *, weights: WeightsConfig | None = None, device: str = "cpu") -> Generator:
