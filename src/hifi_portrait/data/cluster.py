@@ -49,7 +49,34 @@ class ClusterParams:
 
 def _normalize(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    norms = np.sqrt(np.einsum("nd,nd->n", x, x))  # no (N, D) temporary, unlike np.linalg.norm
+    return x / np.maximum(norms, 1e-12)[:, None]
+
+
+def _rowwise_dot(a: np.ndarray, table: np.ndarray, index: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """``(N,)`` float32 ``a[i] . table[index[i]]`` (``a`` ``(N, D)``, ``index`` ``(N,)`` or ``(N, K)`` -> ``(N, K)``).
+
+    Gathers ``chunk`` rows at a time: the gathered rows stay in cache instead of one ``(N, K, D)`` copy in memory.
+    """
+    out = np.empty(index.shape, dtype=np.float32)
+    spec = "nd,nd->n" if index.ndim == 1 else "nd,nkd->nk"
+    for start in range(0, len(a), chunk):
+        rows = slice(start, min(len(a), start + chunk))
+        out[rows] = np.einsum(spec, a[rows], table[index[rows]])
+    return out
+
+
+def _top_k_rows(sims: np.ndarray, k: int) -> np.ndarray:
+    """``(Q, k)`` column indices of the ``k`` largest values of each row of ``sims`` ``(Q, M)``, ``k < M``.
+
+    ``np.partition`` on values (several times faster than ``np.argpartition``) gives each row's k-th largest
+    value; the entries at or above it are the top k unless a row has ties at that value (then argpartition).
+    """
+    kth = np.partition(sims, -k, axis=1)[:, -k]
+    flat = np.flatnonzero(sims >= kth[:, None])  # row-major: every row has >= k hits
+    if len(flat) == sims.shape[0] * k:  # hence exactly k in every row
+        return (flat % sims.shape[1]).reshape(-1, k)
+    return np.argpartition(sims, -k, axis=1)[:, -k:]
 
 
 def knn_search(vectors: np.ndarray, k: int, index: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -124,8 +151,9 @@ def _blocked_pass(vectors: np.ndarray, k: int, nprobe: int, nlist: int, proj_dim
         queries, slots = entries // nprobe, entries % nprobe
         kk = min(k, len(members))
         block_sims = vectors[queries] @ vectors[members].T  # BLAS; faster than faiss.knn on blocks this small
-        nn = np.argpartition(block_sims, -kk, axis=1)[:, -kk:] if kk < len(members) else None
-        if nn is None:
+        if kk < len(members):
+            nn = _top_k_rows(block_sims, kk)
+        else:
             nn = np.broadcast_to(np.arange(len(members)), block_sims.shape)
         sims[queries, slots, :kk] = np.take_along_axis(block_sims, nn, axis=1)
         idx[queries, slots, :kk] = members[nn]
@@ -181,12 +209,8 @@ def blocked_knn(
     sims = np.take_along_axis(sims, top, axis=1)
     idx = np.take_along_axis(idx, top, axis=1)
     idx[~np.isfinite(sims)] = -1
-    if search is not vectors:  # exact similarities of the candidates, in chunks of rows
-        for start in range(0, n, 20_000):
-            rows = slice(start, min(n, start + 20_000))
-            cand = idx[rows]
-            exact = np.einsum("nd,nkd->nk", vectors[rows], vectors[np.maximum(cand, 0)])
-            sims[rows] = np.where(cand >= 0, exact, -np.inf)
+    if search is not vectors:  # exact similarities of the candidates
+        sims = np.where(idx >= 0, _rowwise_dot(vectors, vectors, np.maximum(idx, 0)), -np.inf).astype(np.float32)
     return sims, idx
 
 
@@ -247,7 +271,7 @@ def refine_components(vectors: np.ndarray, labels: np.ndarray, threshold: float,
     from scipy.cluster.hierarchy import fcluster, linkage
 
     cents = centroids_of(vectors, labels)
-    sims = np.einsum("nd,nd->n", vectors, cents[labels])
+    sims = _rowwise_dot(vectors, cents, labels)
     loose = np.zeros(len(cents), dtype=bool)
     loose[np.unique(labels[sims < tight])] = True
     sizes = np.bincount(labels, minlength=len(cents))
@@ -276,12 +300,13 @@ def purify(vectors: np.ndarray, labels: np.ndarray, outlier_threshold: float, me
     labels = labels.copy()
     for _ in range(2):  # the centroid moves once its outliers are gone: a second pass settles it
         cents = centroids_of(vectors, labels)
+        if len(cents) == 0:
+            break
         valid = labels >= 0
-        sim = np.einsum("nd,nd->n", vectors[valid], cents[labels[valid]])
+        sim = _rowwise_dot(vectors, cents, np.maximum(labels, 0))
         sizes = np.bincount(labels[valid], minlength=len(cents))
-        drop = (sim < outlier_threshold) & (sizes[labels[valid]] > 1)
-        idx = np.flatnonzero(valid)[drop]
-        labels[idx] = -1
+        drop = valid & (sim < outlier_threshold) & (sizes[np.maximum(labels, 0)] > 1)
+        labels[drop] = -1
         labels = _relabel(labels)
     # merge: clusters whose centroids are closer than merge_threshold
     cents = centroids_of(vectors, labels)
