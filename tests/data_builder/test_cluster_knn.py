@@ -20,8 +20,9 @@ def test_top_k_rows_are_the_largest(ties):
     if ties:  # rows whose k-th largest value is shared by several columns (rounded values, repeated maxima)
         sims = np.round(sims, 0)
         sims[3] = 1.0
-    top = _top_k_rows(sims, 5)
-    assert top.shape == (40, 5)
+    values, top = _top_k_rows(sims, 5)
+    assert top.shape == values.shape == (40, 5)
+    np.testing.assert_array_equal(values, np.take_along_axis(sims, top, axis=1))
     for row, cols in zip(sims, top, strict=True):
         assert len(set(cols.tolist())) == 5
         assert np.sort(row[cols]).tolist() == np.sort(row)[-5:].tolist()

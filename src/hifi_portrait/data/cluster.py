@@ -66,8 +66,10 @@ def _rowwise_dot(a: np.ndarray, table: np.ndarray, index: np.ndarray, chunk: int
     return out
 
 
-def _top_k_rows(sims: np.ndarray, k: int) -> np.ndarray:
-    """``(Q, k)`` column indices of the ``k`` largest values of each row of ``sims`` ``(Q, M)``, ``k < M``.
+def _top_k_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values (Q, k), column indices (Q, k))`` of the ``k`` largest values of each row of ``sims`` ``(Q, M)``.
+
+    ``k < M``; the k columns of a row are in no particular order.
 
     ``np.partition`` on values (several times faster than ``np.argpartition``) gives each row's k-th largest
     value; the entries at or above it are the top k unless a row has ties at that value (then argpartition).
@@ -75,8 +77,9 @@ def _top_k_rows(sims: np.ndarray, k: int) -> np.ndarray:
     kth = np.partition(sims, -k, axis=1)[:, -k]
     flat = np.flatnonzero(sims >= kth[:, None])  # row-major: every row has >= k hits
     if len(flat) == sims.shape[0] * k:  # hence exactly k in every row
-        return (flat % sims.shape[1]).reshape(-1, k)
-    return np.argpartition(sims, -k, axis=1)[:, -k:]
+        return sims.ravel()[flat].reshape(-1, k), (flat % sims.shape[1]).reshape(-1, k)
+    cols = np.argpartition(sims, -k, axis=1)[:, -k:]
+    return np.take_along_axis(sims, cols, axis=1), cols
 
 
 def knn_search(vectors: np.ndarray, k: int, index: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -152,10 +155,10 @@ def _blocked_pass(vectors: np.ndarray, k: int, nprobe: int, nlist: int, proj_dim
         kk = min(k, len(members))
         block_sims = vectors[queries] @ vectors[members].T  # BLAS; faster than faiss.knn on blocks this small
         if kk < len(members):
-            nn = _top_k_rows(block_sims, kk)
+            top_sims, nn = _top_k_rows(block_sims, kk)
         else:
-            nn = np.broadcast_to(np.arange(len(members)), block_sims.shape)
-        sims[queries, slots, :kk] = np.take_along_axis(block_sims, nn, axis=1)
+            top_sims, nn = block_sims, np.broadcast_to(np.arange(len(members)), block_sims.shape)
+        sims[queries, slots, :kk] = top_sims
         idx[queries, slots, :kk] = members[nn]
     return sims.reshape(n, -1), idx.reshape(n, -1)
 
