@@ -318,3 +318,15 @@ def test_uint8_array_and_pil_landmark_maps_are_the_same_condition(faces, landmar
     as_pil = run(pipe, faces=faces, landmark_image=Image.fromarray(landmark_map))
     np.testing.assert_array_equal(as_array.images, as_pil)
     np.testing.assert_array_equal(np.asarray(as_array.landmark_images[0]), landmark_map)
+
+
+def test_call_without_id_scale_keeps_the_scale_set_on_the_pipeline(faces, landmark_map):
+    pipe = make_pipe()
+    pipe.set_id_scale(0.0)
+    kept = run(pipe, faces=faces, landmark_image=landmark_map, control_scale=0.0)  # id_scale left out: stays 0
+    np.testing.assert_array_equal(kept, run(pipe, faces=faces, landmark_image=landmark_map, id_scale=0.0,
+                                            control_scale=0.0))  # fmt: skip
+    assert not np.array_equal(kept, run(pipe, faces=faces, landmark_image=landmark_map, id_scale=1.0,
+                                        control_scale=0.0))  # fmt: skip
+    # an explicit scale is kept on the processors for later calls, as with pipe.set_id_scale
+    assert all(p.scale == 1.0 for p in get_id_attn_processors(pipe.unet).values())

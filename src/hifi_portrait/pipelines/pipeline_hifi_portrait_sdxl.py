@@ -284,7 +284,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         landmark_image: PipelineImageInput | None = None,
         landmark_fn: Callable[[Sequence[Any] | None, Any], PipelineImageInput] | None = None,
         target: Any = None,
-        id_scale: float = 1.0,
+        id_scale: float | None = None,
         control_scale: float = 1.0,
         height: int | None = None,
         width: int | None = None,
@@ -332,7 +332,8 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 ``[0, 1]``); sets the output size unless height/width are given.
             landmark_fn: ``landmark_fn(faces, target) -> landmark map``, called once when landmark_image is None
                 (e.g. hifi_portrait.landmarks' renderer with a target pose/expression/driver as ``target``).
-            id_scale: weight of the decoupled ID attention in the UNet (0 = off).
+            id_scale: weight of the decoupled ID attention in the UNet (0 = off); ``None`` keeps the scale set on
+                the processors (the adapter file's, ``load_instantid(..., id_scale=)``'s or ``pipe.set_id_scale``'s).
             control_scale: weight of HiFi-Net's residuals (0 = off; HiFi-Net is then not run).
             face_analyzer, matte_references: see :meth:`encode_id_tokens`.
 
@@ -401,8 +402,10 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 device=device,
             )
         ip_procs = get_id_attn_processors(self.unet)
-        if ip_procs:
+        if ip_procs and id_scale is not None:
             set_id_scale(self.unet, id_scale)
+        if id_scale is None:
+            id_scale = max((p.scale for p in ip_procs.values()), default=0.0)
         tokens_cfg = None
         if id_tokens is not None or ip_procs or self.hifi_net is not None:
             if id_tokens is None:
