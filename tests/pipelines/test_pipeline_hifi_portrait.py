@@ -318,6 +318,11 @@ def test_uint8_array_and_pil_landmark_maps_are_the_same_condition(faces, landmar
     as_pil = run(pipe, faces=faces, landmark_image=Image.fromarray(landmark_map))
     np.testing.assert_array_equal(as_array.images, as_pil)
     np.testing.assert_array_equal(np.asarray(as_array.landmark_images[0]), landmark_map)
+    # the same holds for the images of extra ControlNets (InstantID's keypoint map goes there)
+    cn_pipe = make_pipe(controlnet=get_dummy_controlnet(get_dummy_components()["unet"], seed=1))
+    cn_array = run(cn_pipe, faces=faces, landmark_image=landmark_map, image=landmark_map)
+    cn_pil = run(cn_pipe, faces=faces, landmark_image=landmark_map, image=Image.fromarray(landmark_map))
+    np.testing.assert_array_equal(cn_array, cn_pil)
 
 
 def test_call_without_id_scale_keeps_the_scale_set_on_the_pipeline(faces, landmark_map):

@@ -96,18 +96,15 @@ def generate_portraits(
     progress: bool = True,
 ) -> list[Any]:
     """Run the pipeline once (references encoded once): ``num_images`` PIL portraits of the map's size."""
+    import numpy as np
     import torch
-    from PIL import Image
 
-    # as a PIL image: diffusers' control-image preprocessing scales PIL images to [0, 1] but passes uint8
-    # arrays through as 0..255
-    landmark_image = landmark_map if isinstance(landmark_map, Image.Image) else Image.fromarray(landmark_map)
-    width, height = landmark_image.size
+    height, width = np.asarray(landmark_map).shape[:2]
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=True)
     try:
         out = pipe(
             prompt=prompt, negative_prompt=negative_prompt or None, faces=list(analyses),
-            landmark_image=landmark_image, height=height, width=width, num_inference_steps=steps,
+            landmark_image=landmark_map, height=height, width=width, num_inference_steps=steps,
             guidance_scale=guidance_scale, num_images_per_prompt=num_images, id_scale=id_scale,
             control_scale=control_scale, generator=torch.Generator("cpu").manual_seed(seed),
         )  # fmt: skip
@@ -134,14 +131,14 @@ def generate_instantid_portraits(
     progress: bool = True,
 ) -> list[Any]:
     """InstantID mode: ``(N, 512)`` ArcFace embeddings + keypoint map -> portraits (IdentityNet at control_scale)."""
+    import numpy as np
     import torch
-    from PIL import Image
 
-    kps = landmark_map if isinstance(landmark_map, Image.Image) else Image.fromarray(landmark_map)
+    height, width = np.asarray(landmark_map).shape[:2]
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=True)
     out = pipe(
         prompt=prompt, negative_prompt=negative_prompt or None, id_embeds=torch.as_tensor(id_embeds),
-        reference_quality=torch.as_tensor(quality), image=kps, height=kps.size[1], width=kps.size[0],
+        reference_quality=torch.as_tensor(quality), image=landmark_map, height=height, width=width,
         controlnet_conditioning_scale=control_scale, id_scale=id_scale, num_inference_steps=steps,
         guidance_scale=guidance_scale, num_images_per_prompt=num_images,
         generator=torch.Generator("cpu").manual_seed(seed),

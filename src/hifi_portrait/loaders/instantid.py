@@ -268,7 +268,7 @@ def load_instantid(
     """Put InstantID's image projection, ID attention and (optionally) IdentityNet on a HiFi-Portrait pipeline.
 
     After this, call the pipeline with ``id_embeds=`` (``(N, 512)`` ArcFace embeddings, see
-    :func:`instantid_embeddings`), ``reference_quality=``, ``image=`` (the InstantID keypoint map, as a PIL image),
+    :func:`instantid_embeddings`), ``reference_quality=``, ``image=`` (the InstantID keypoint map, PIL or uint8 array),
     ``controlnet_conditioning_scale=`` and ``id_scale=`` (InstantID's ``ip_adapter_scale``). With N = 1 the result
     equals InstantID's own pipeline (checked to 1e-6 on tiny random models, see docs/instantid.md).
 

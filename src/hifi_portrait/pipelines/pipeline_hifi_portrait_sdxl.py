@@ -203,6 +203,13 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         return faces
 
     @torch.no_grad()
+    def prepare_image(self, image: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """diffusers' control-image preparation, with ``(H, W, 3)`` uint8 arrays (what
+        :func:`hifi_portrait.landmarks.render_map` returns) scaled to ``[0, 1]`` like PIL images: diffusers scales
+        PIL images but passes numpy arrays through unchanged. Used for the landmark map and extra ControlNet images.
+        """
+        return super().prepare_image(_uint8_arrays_to_pil(image), *args, **kwargs)
+
     def encode_id_tokens(
         self,
         faces: Sequence[Any] | None = None,
@@ -438,9 +445,6 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             )
         cond_image = None
         if landmark_image is not None:
-            # diffusers scales PIL images to [0, 1] but passes numpy arrays through unchanged: uint8 maps (what
-            # hifi_portrait.landmarks.render_map returns) become PIL images so they get the same [0, 1] scaling
-            landmark_image = _uint8_arrays_to_pil(landmark_image)
             dtype = self.hifi_net.dtype if self.hifi_net is not None else prompt_embeds.dtype
             cond_image = self.prepare_image(
                 image=landmark_image,
