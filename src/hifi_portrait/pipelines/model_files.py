@@ -166,12 +166,7 @@ def load_pipeline(
             f"could not load the SDXL base from {base_dir} ({exc}). Needed: {WHERE_BASE}."
         ) from None
     pipe.load_hifi_portrait(str(adapter))
-    _add_loras(pipe, loras, lora_scale)
-    if cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    return pipe
+    return _place(pipe, loras, lora_scale, device, cpu_offload)
 
 
 def load_instantid_pipeline(
@@ -194,6 +189,11 @@ def load_instantid_pipeline(
     except (OSError, ValueError) as exc:
         raise ModelFilesMissingError(f"could not load the SDXL base {base} ({exc}). Needed: {WHERE_BASE}.") from None
     load_instantid(pipe, instantid)
+    return _place(pipe, loras, lora_scale, device, cpu_offload)
+
+
+def _place(pipe: Any, loras: Sequence[Path], lora_scale: float, device: str, cpu_offload: bool) -> Any:
+    """Add the LoRAs, then move the pipeline to ``device`` (or let diffusers' CPU offload place it)."""
     _add_loras(pipe, loras, lora_scale)
     if cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
