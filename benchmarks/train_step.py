@@ -30,25 +30,11 @@ import sys
 import time
 from pathlib import Path
 
+from hifi_portrait.utils.testing import SDXL_UNET_CONFIG as SDXL_UNET  # the SDXL base UNet architecture
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "train_step.md"
 
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
 MID_UNET = {
     **SDXL_UNET,
     "block_out_channels": (64, 128, 256),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "SDXL_UNET_CONFIG",
     "DUMMY_ID_DIM",
     "DUMMY_NUM_PATCHES",
     "get_dummy_adapter",
@@ -30,6 +31,25 @@ __all__ = [
     "make_tiny_clip_tokenizer",
     "randomize_",
 ]
+
+#: Architecture fields of the SDXL base UNet (stabilityai/stable-diffusion-xl-base-1.0/unet/config.json), for
+#: benchmarks that build it with random weights (``UNet2DConditionModel(**SDXL_UNET_CONFIG)``, no download).
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
 
 #: identity-vector size of the dummy references (dlib's 128-d).
 DUMMY_ID_DIM = 128
