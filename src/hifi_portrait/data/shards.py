@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from hifi_portrait.data.inputs import InputItem
+from hifi_portrait.utils.files import atomic_file
 
 #: Per-image arrays stored in a shard file, stacked over the shard's successfully analysed images.
 SHARD_ARRAYS = ("identity", "landmarks", "keypoints", "bbox", "blendshapes", "pose")
@@ -89,26 +88,16 @@ def _pack_blobs(blobs: list[dict[str, bytes]]) -> tuple[np.ndarray, np.ndarray, 
 
 def write_shard(path: Path, result: ShardResult) -> None:
     """Write ``result`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     data, offsets, names = _pack_blobs(result.blobs)
     meta = json.dumps({"records": result.records, "blob_names": names}, sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(
-                handle,
-                meta=np.frombuffer(meta, dtype=np.uint8),
-                blob_data=data,
-                blob_offsets=offsets,
-                **{name: result.arrays[name] for name in SHARD_ARRAYS},
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, ".npz", fsync=True) as handle:
+        np.savez(
+            handle,
+            meta=np.frombuffer(meta, dtype=np.uint8),
+            blob_data=data,
+            blob_offsets=offsets,
+            **{name: result.arrays[name] for name in SHARD_ARRAYS},
+        )
 
 
 def read_shard(path: Path) -> ShardResult:

@@ -20,7 +20,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from hifi_portrait.utils.files import atomic_file
 
 
 @dataclass
@@ -74,16 +75,8 @@ def encode_photo(image: np.ndarray, max_side: int, quality: int) -> tuple[bytes,
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as handle:
+        handle.write(data)
 
 
 def sha256_file(path: Path) -> str:
@@ -96,24 +89,19 @@ def sha256_file(path: Path) -> str:
 
 def write_webdataset_shard(path: Path, samples: Iterable[Sample]) -> int:
     """Write one tar shard of samples atomically; returns the number of samples."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "wb") as handle, tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in samples:
-                for ext, data in sample.files():
-                    info = tarfile.TarInfo(f"{sample.name}.{ext}")
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    tar.addfile(info, io.BytesIO(data))
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with (
+        atomic_file(path, ".tar") as handle,
+        tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
+        for sample in samples:
+            for ext, data in sample.files():
+                info = tarfile.TarInfo(f"{sample.name}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+            count += 1
     return count
 
 
