@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -92,8 +93,12 @@ def analyze(
     min_face_px: float = typer.Option(40.0, help="Smallest usable face (sqrt of box area, pixels)."),
     min_sharpness: float = typer.Option(20.0, help="Smallest usable Laplacian variance of the 112 px face crop."),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), help="Photos analysed in parallel (threads)."),
-) -> None:
-    """Analyse reference photos: crops, masks, landmarks, pose, identity, quality, set consistency."""
+) -> Any:
+    """Analyse reference photos: crops, masks, landmarks, pose, identity, quality, set consistency.
+
+    Returns the kept :class:`~hifi_portrait.face.FaceSet` (without the outliers when ``--drop-outliers``) for callers
+    in Python; annotated ``Any`` because typer evaluates annotations at start-up.
+    """
     from tqdm import tqdm
 
     from hifi_portrait.face import FaceSet, load_image
@@ -190,3 +195,4 @@ def analyze(
             f"{len(fset.outliers)} outlier(s){' dropped' if drop_outliers and fset.outliers else ''}; "
             f"results in {out} (report.json, contact_sheet.png)"
         )
+        return kept

@@ -13,7 +13,6 @@ Exit codes: 0 done; 1 no usable reference; 2 bad option; 3 model files given but
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -86,7 +85,6 @@ def run(
     from hifi_portrait.cli.analyze import analyze
     from hifi_portrait.cli.landmarks import parse_size
     from hifi_portrait.errors import ConfigError
-    from hifi_portrait.face import FaceAnalysis
     from hifi_portrait.landmarks import STYLES, fit_identity_shape, generate_landmarks, make_target, render_map
     from hifi_portrait.pipelines.model_files import WeightsConfig
 
@@ -105,11 +103,9 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
 
         typer.echo("[1/3] analysing the reference photos")
-        analyze(refs, out=out / "analysis", policy="largest", drop_outliers=True, insightface=None,
-                face_landmarker=None, min_face_px=40.0, min_sharpness=20.0, workers=2)  # fmt: skip
-        report = json.loads((out / "analysis" / "report.json").read_text())
-        kept = [f for f in report["faces"] if not f["dropped"]]
-        analyses = [FaceAnalysis.load(out / "analysis" / f["folder"] / "analysis") for f in kept]
+        face_set = analyze(refs, out=out / "analysis", policy="largest", drop_outliers=True, insightface=None,
+                           face_landmarker=None, min_face_px=40.0, min_sharpness=20.0, workers=2)  # fmt: skip
+        analyses = face_set.analyses
 
         typer.echo(f"[2/3] fitting the identity shape of {len(analyses)} reference(s), rendering control grids")
         control = out / "control"
