@@ -214,10 +214,7 @@ def analyze_shard(spec: ShardSpec, analyzer: Analyzer, multi_face: str, max_pixe
             continue
         try:
             analysis = analyze_image(analyzer, image, item, multi_face)
-        except FaceNotFoundError as exc:
-            records.append(_failure(item, "detect", exc))
-            continue
-        except MultipleFacesError as exc:
+        except (FaceNotFoundError, MultipleFacesError) as exc:
             records.append(_failure(item, "detect", exc))
             continue
         except UnusableFaceError as exc:
