@@ -66,7 +66,8 @@ def parse_blendshapes(items: list[str]) -> dict[str, float]:
     return out
 
 
-def _grid(tiles: list[np.ndarray], labels: list[str], max_tile: int = 256, cols: int = 7) -> np.ndarray:
+def labelled_grid(tiles: list[np.ndarray], labels: list[str], max_tile: int = 256, cols: int = 7) -> np.ndarray:
+    """Same-size RGB tiles, each shrunk to at most ``max_tile`` px and captioned, laid out ``cols`` per row."""
     import cv2
 
     h, w = tiles[0].shape[:2]
@@ -221,5 +222,5 @@ def _run(refs, out, yaw, pitch, roll, expression, blendshape, driver, size, styl
             tiles.append(render_map(gen_t, style))
             labels.append(f"{sweep} {angle:+.0f}")
         grid_path = out / f"sweep_{sweep}.png"
-        Image.fromarray(_grid(tiles, labels)).save(grid_path)
+        Image.fromarray(labelled_grid(tiles, labels)).save(grid_path)
         typer.echo(f"wrote {grid_path}")

@@ -44,7 +44,7 @@ def _env_path(value: Path | None, name: str) -> Path | None:
 def control_grids(shape, size: tuple[int, int], style: str) -> dict[str, np.ndarray]:
     """Landmark-map grids of the identity shape: ``pose`` (rows pitch, columns yaw) and ``expression``
     (rows presets at intensity 0.8, columns yaw). Returns name -> RGB uint8 image."""
-    from hifi_portrait.cli.landmarks import _grid
+    from hifi_portrait.cli.landmarks import labelled_grid
     from hifi_portrait.landmarks import generate_landmarks, make_target, render_map
 
     def tile(**kwargs) -> np.ndarray:
@@ -62,8 +62,8 @@ def control_grids(shape, size: tuple[int, int], style: str) -> dict[str, np.ndar
             expr_labels.append(f"{name} yaw {yaw:+.0f}")
     cols = len(GRID_YAWS)
     return {
-        "pose": _grid(pose_tiles, pose_labels, max_tile=192, cols=cols),
-        "expression": _grid(expr_tiles, expr_labels, max_tile=192, cols=cols),
+        "pose": labelled_grid(pose_tiles, pose_labels, max_tile=192, cols=cols),
+        "expression": labelled_grid(expr_tiles, expr_labels, max_tile=192, cols=cols),
     }
 
 
