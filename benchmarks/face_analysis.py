@@ -127,8 +127,12 @@ def main() -> None:
     fr_wall, fr_cpu, fr_faces = bench_face_recognition(images, args.rounds)
     ours, theirs = o_faces / o_wall, fr_faces / fr_wall
     rows = [
-        ("hifi-portrait default, 1 worker (RetinaFace + mediapipe mesh + dlib ResNet/torch + crops, mask, quality)",
-         o_faces, o_wall, o_cpu),
+        (
+            "hifi-portrait default, 1 worker (RetinaFace + mediapipe mesh + dlib ResNet/torch + crops, mask, quality)",
+            o_faces,
+            o_wall,
+            o_cpu,
+        ),
         ("hifi-portrait default, `analyze_many(workers=2)`", p_faces, p_wall, p_cpu),
         ("face_recognition 1.3 (HOG detection + dlib encoding)", fr_faces, fr_wall, fr_cpu),
     ]

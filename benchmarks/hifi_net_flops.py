@@ -54,16 +54,22 @@ def main() -> None:
         cn = count(lambda: controlnet(x, t, text, controlnet_cond=cond, added_cond_kwargs=added))
         install_id_attention(unet, args.num_tokens)
         with_ip = count(lambda: unet(x, t, append_id_tokens(text, tokens), added_cond_kwargs=added))
-    params = {n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in
-              (("unet", unet), ("hifi_light", light), ("hifi_full", full), ("controlnet", controlnet))}
+    params = {
+        n: sum(p.numel() for p in m.parameters()) / 1e6
+        for n, m in (("unet", unet), ("hifi_light", light), ("hifi_full", full), ("controlnet", controlnet))
+    }
     print(f"SDXL UNet architecture, {args.resolution}x{args.resolution}, CFG batch 2, T={args.num_tokens} ID tokens")
     print(f"parameters (M): {', '.join(f'{k} {v:.1f}' for k, v in params.items())}")
-    print(f"TFLOPs/step: plain UNet {plain:.3f} | UNet + ID attention {with_ip:.3f} | HiFi-Net light {step_light:.4f}"
-          f" | HiFi-Net full-size {step_full:.3f} | ControlNet copy {cn:.3f}")
+    print(
+        f"TFLOPs/step: plain UNet {plain:.3f} | UNet + ID attention {with_ip:.3f} | HiFi-Net light {step_light:.4f}"
+        f" | HiFi-Net full-size {step_full:.3f} | ControlNet copy {cn:.3f}"
+    )
     print(f"TFLOPs once per generation (HiFi-Net condition part): {once:.4f}")
     ratios = ((with_ip + step_light) / plain, (with_ip + step_full) / plain, (with_ip + cn) / plain)
-    print("per-step ratio vs plain: ours light {:.3f} | ours full-size {:.3f} | "
-          "ControlNet + ID attention (InstantID-like) {:.3f}".format(*ratios))
+    print(
+        "per-step ratio vs plain: ours light {:.3f} | ours full-size {:.3f} | "
+        "ControlNet + ID attention (InstantID-like) {:.3f}".format(*ratios)
+    )
 
 
 if __name__ == "__main__":

@@ -85,10 +85,15 @@ def main() -> None:
     targets = [
         make_target(yaw=float(y), pitch=float(p), roll=float(r), expression=f"{presets[i % len(presets)]}:{k:.2f}")
         for i, (y, p, r, k) in enumerate(
-            zip(rng.uniform(-60, 60, args.repeats), rng.uniform(-30, 30, args.repeats),
-                rng.uniform(-30, 30, args.repeats), rng.uniform(0, 1, args.repeats), strict=True)
+            zip(
+                rng.uniform(-60, 60, args.repeats),
+                rng.uniform(-30, 30, args.repeats),
+                rng.uniform(-30, 30, args.repeats),
+                rng.uniform(0, 1, args.repeats),
+                strict=True,
+            )
         )
-    ]  # fmt: skip
+    ]
     for style in STYLES:  # warm-up (mediapipe connection tables, OpenCV)
         render_map(generate_landmarks(shape, targets[0], size=(width, height)), style)
 
@@ -105,10 +110,13 @@ def main() -> None:
     size = (width, height)
     rows = [
         ("generation only (pose-calibrated)", *timed(lambda t: generate_landmarks(shape, t, size=size))),
-        ("generation only (no pose calibration)",
-         *timed(lambda t: generate_landmarks(shape, t, size=size, calibrate_pose=False))),
-    ]  # fmt: skip
+        (
+            "generation only (no pose calibration)",
+            *timed(lambda t: generate_landmarks(shape, t, size=size, calibrate_pose=False)),
+        ),
+    ]
     for style in STYLES:
+
         def run(t, style=style):
             return render_map(generate_landmarks(shape, t, size=size), style)
 

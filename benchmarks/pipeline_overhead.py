@@ -55,12 +55,26 @@ MID_UNET = {
     "attention_head_dim": (2, 4, 8),
 }
 #: CLIP ViT-H/14 vision tower (laion, IP-Adapter's image_encoder): 257 x 1280 tokens at 224 px.
-VIT_H = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 16,
-         "patch_size": 14, "image_size": 224, "projection_dim": 1024}  # fmt: skip
+VIT_H = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 1024,
+}
 #: Mid CLIP vision tower, scaled with MID_UNET so that (CLIP FLOPs per image) / (UNet FLOPs per CFG step) is about
 #: the same as ViT-H/14 vs the SDXL UNet at 1024^2 (0.025; here 0.0087 / 0.350 TFLOPs at 512^2): 257 x 384 tokens.
-VIT_MID = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 6,
-           "patch_size": 14, "image_size": 224, "projection_dim": 384}  # fmt: skip
+VIT_MID = {
+    "hidden_size": 384,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 6,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 384,
+}
 
 
 def sync(device: torch.device) -> None:
@@ -79,8 +93,13 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return clock() - start
 
 
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, warmup: int,
-                before: dict[str, Callable[[], None]] | None = None) -> dict[str, float]:  # fmt: skip
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    rounds: int,
+    warmup: int,
+    before: dict[str, Callable[[], None]] | None = None,
+) -> dict[str, float]:
     """Seconds per call of each function, timed round-robin (``before[name]`` runs untimed first): the median on
     GPUs, the minimum on CPU (competing processes only ever add time: the minimum is the least disturbed run)."""
     before = before or {}
@@ -133,8 +152,13 @@ def main() -> None:
         hifi = HiFiNetModel.from_unet(unet, **hifi_kwargs)
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256))
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**vit_cfg))
-        refiner = FaceRefiner(id_embed_dim=512, patch_dim=vit_cfg["hidden_size"], num_patches=257,
-                              num_tokens=args.num_tokens, output_dim=unet_cfg["cross_attention_dim"])  # fmt: skip
+        refiner = FaceRefiner(
+            id_embed_dim=512,
+            patch_dim=vit_cfg["hidden_size"],
+            num_patches=257,
+            num_tokens=args.num_tokens,
+            output_dim=unet_cfg["cross_attention_dim"],
+        )
     for m in (unet, hifi, controlnet, encoder, refiner):
         m.to(dtype).eval()
     with torch.no_grad():  # an untrained HiFi-Net is exactly zero; give it weights so nothing is skipped
@@ -153,8 +177,10 @@ def main() -> None:
     x = rand(b, 4, h, h)
     t = torch.full((b,), 500.0, device=device)
     text = rand(b, 77, d)
-    added = {"text_embeds": rand(b, 1280), "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * b,
-                                                                     device=device, dtype=dtype)}  # fmt: skip
+    added = {
+        "text_embeds": rand(b, 1280),
+        "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * b, device=device, dtype=dtype),
+    }
     landmark = torch.rand(b, 3, res, res, generator=gen).to(device=device, dtype=dtype)
 
     def encode(n: int) -> tuple[torch.Tensor, object]:
@@ -185,14 +211,32 @@ def main() -> None:
 
         def step_ours(cond=cond1, states=with_ids1):
             down, mid = hifi(x, t, condition=cond, added_cond_kwargs=added, return_dict=False)
-            return unet(x, t, states, added_cond_kwargs=added, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid)  # fmt: skip
+            return unet(
+                x,
+                t,
+                states,
+                added_cond_kwargs=added,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+            )
 
         def step_instantid():
-            down, mid = controlnet(x, t, encoder_hidden_states=tokens1, controlnet_cond=landmark,
-                                   added_cond_kwargs=added, return_dict=False)  # fmt: skip
-            return unet(x, t, with_ids1, added_cond_kwargs=added, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid)  # fmt: skip
+            down, mid = controlnet(
+                x,
+                t,
+                encoder_hidden_states=tokens1,
+                controlnet_cond=landmark,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )
+            return unet(
+                x,
+                t,
+                with_ids1,
+                added_cond_kwargs=added,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+            )
 
         fns = {
             "plain": step_plain,
@@ -208,8 +252,14 @@ def main() -> None:
 
         peak = {}
         if device.type == "cuda":
-            parts = {"unet": unet, "id_attn": list(id_procs_map.values()), "hifi": hifi, "controlnet": controlnet,
-                     "encoder": encoder, "refiner": refiner}  # fmt: skip
+            parts = {
+                "unet": unet,
+                "id_attn": list(id_procs_map.values()),
+                "hifi": hifi,
+                "controlnet": controlnet,
+                "encoder": encoder,
+                "refiner": refiner,
+            }
             setups = {
                 "plain": (["unet"], step_plain, plain_procs),
                 "ours": (["unet", "id_attn", "hifi", "refiner"], step_ours, id_procs),
@@ -230,44 +280,75 @@ def main() -> None:
 
     # the same per-step time for both N (the step is the same computation: T tokens whatever N); see ours_n8
     e2e = {n: enc[f"n{n}"] + args.steps * step["ours"] for n in (1, 8)}
-    sizes = {"unet": params_mb(unet, nbytes) - params_mb(list(id_procs_map.values()), nbytes),
-             "id_attn": params_mb(list(id_procs_map.values()), nbytes), "hifi_net": params_mb(hifi, nbytes),
-             "controlnet": params_mb(controlnet, nbytes), "refiner": params_mb(refiner, nbytes),
-             "image_encoder": params_mb(encoder, nbytes)}  # fmt: skip
+    sizes = {
+        "unet": params_mb(unet, nbytes) - params_mb(list(id_procs_map.values()), nbytes),
+        "id_attn": params_mb(list(id_procs_map.values()), nbytes),
+        "hifi_net": params_mb(hifi, nbytes),
+        "controlnet": params_mb(controlnet, nbytes),
+        "refiner": params_mb(refiner, nbytes),
+        "image_encoder": params_mb(encoder, nbytes),
+    }
 
     name = "SDXL base UNet architecture + CLIP ViT-H/14" if args.full else "mid-size SDXL-shaped UNet (MID_UNET)"
-    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, " \
-        f"{torch.get_num_threads()} thread(s)"  # fmt: skip
+    hw = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} thread(s)"
+    )
     stat = "median" if device.type == "cuda" else "minimum CPU time"
-    print(f"# pipeline overhead: {name}, {res}x{res}, {args.dtype}, CFG batch 2, T={args.num_tokens}, "
-          f"HiFi-Net size_ratio={hifi.config.size_ratio}, {stat} of {args.rounds} interleaved rounds")
+    print(
+        f"# pipeline overhead: {name}, {res}x{res}, {args.dtype}, CFG batch 2, T={args.num_tokens}, "
+        f"HiFi-Net size_ratio={hifi.config.size_ratio}, {stat} of {args.rounds} interleaved rounds"
+    )
     print(f"device: {hw}; torch {torch.__version__}")
     print("\n| configuration | ms / step | vs plain |\n|---|---|---|")
-    rows = [("plain SDXL UNet", "plain"), ("ours: HiFi-Net (cached condition) + ID attention", "ours"),
-            ("InstantID-style: ControlNet copy + ID attention", "instantid"),
-            ("  profile: UNet + ID attention only", "unet_id_attn"),
-            ("  profile: HiFi-Net branch only", "hifi_branch"),
-            ("ours with the ID tokens of N=8 references (vs N=1 above)", "ours_n8")]  # fmt: skip
+    rows = [
+        ("plain SDXL UNet", "plain"),
+        ("ours: HiFi-Net (cached condition) + ID attention", "ours"),
+        ("InstantID-style: ControlNet copy + ID attention", "instantid"),
+        ("  profile: UNet + ID attention only", "unet_id_attn"),
+        ("  profile: HiFi-Net branch only", "hifi_branch"),
+        ("ours with the ID tokens of N=8 references (vs N=1 above)", "ours_n8"),
+    ]
     for label, key in rows:
         print(f"| {label} | {step[key] * 1e3:.1f} | {step[key] / step['plain']:.3f} |")
-    print(f"\nencode once (CLIP on N crops + refiner + HiFi-Net condition): N=1 {enc['n1'] * 1e3:.1f} ms, "
-          f"N=8 {enc['n8'] * 1e3:.1f} ms")
-    print(f"end to end (encode + {args.steps} steps): N=1 {e2e[1]:.2f} s, N=8 {e2e[8]:.2f} s, "
-          f"N=8/N=1 = {e2e[8] / e2e[1]:.4f}; per step N=8/N=1 = {step['ours_n8'] / step['ours']:.4f}")
+    print(
+        f"\nencode once (CLIP on N crops + refiner + HiFi-Net condition): N=1 {enc['n1'] * 1e3:.1f} ms, "
+        f"N=8 {enc['n8'] * 1e3:.1f} ms"
+    )
+    print(
+        f"end to end (encode + {args.steps} steps): N=1 {e2e[1]:.2f} s, N=8 {e2e[8]:.2f} s, "
+        f"N=8/N=1 = {e2e[8] / e2e[1]:.4f}; per step N=8/N=1 = {step['ours_n8'] / step['ours']:.4f}"
+    )
     print("parameters (MB at this dtype): " + ", ".join(f"{k} {v:.0f}" for k, v in sizes.items()))
     if peak:
         print("\n| resident during denoising | peak GiB | vs plain |\n|---|---|---|")
         for key, value in peak.items():
             print(f"| {key} | {value:.2f} | +{value - peak['plain']:.2f} |")
-    goals = {"ours/plain <= 1.15": step["ours"] / step["plain"] <= 1.15,
-             "N=8/N=1 end to end <= 1.02": e2e[8] / e2e[1] <= 1.02}  # fmt: skip
+    goals = {
+        "ours/plain <= 1.15": step["ours"] / step["plain"] <= 1.15,
+        "N=8/N=1 end to end <= 1.02": e2e[8] / e2e[1] <= 1.02,
+    }
     if peak:
         goals["peak(ours) <= peak(plain) + 1.5 GB"] = peak["ours"] - peak["plain"] <= 1.5 * 1e9 / 2**30
     print("\ngoals: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in goals.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "resolution": res, "step_s": step, "encode_s": enc, "e2e_s": e2e,
-                       "params_mb": sizes, "peak_gib": peak, "goals": goals, "device": hw}, f, indent=1)  # fmt: skip
+            json.dump(
+                {
+                    "args": vars(args),
+                    "resolution": res,
+                    "step_s": step,
+                    "encode_s": enc,
+                    "e2e_s": e2e,
+                    "params_mb": sizes,
+                    "peak_gib": peak,
+                    "goals": goals,
+                    "device": hw,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

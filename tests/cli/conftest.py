@@ -26,8 +26,17 @@ def model_files(tmp_path_factory):
     # make it look like a downloaded SDXL base: its model_index.json names only SDXL's own components
     index_path = root / "sdxl" / "model_index.json"
     index = json.loads(index_path.read_text())
-    keep = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler",
-            "_diffusers_version", "force_zeros_for_empty_prompt")
+    keep = (
+        "vae",
+        "text_encoder",
+        "text_encoder_2",
+        "tokenizer",
+        "tokenizer_2",
+        "unet",
+        "scheduler",
+        "_diffusers_version",
+        "force_zeros_for_empty_prompt",
+    )
     index = {k: v for k, v in index.items() if k in keep}
     index_path.write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline", **index}))
     return root

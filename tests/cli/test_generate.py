@@ -19,16 +19,40 @@ runner = CliRunner()
 
 
 def base_args(files: Path, out: Path, photos=("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")) -> list[str]:
-    return ["generate", *(str(DATA / n) for n in photos),
-            "--base", str(files / "sdxl"), "--adapter", str(files / "adapter.safetensors"),
-            "--image-encoder", str(files / "clip"), "--prompt", "a portrait photo", "--size", "64x64",
-            "--steps", "2", "--out", str(out)]  # fmt: skip
+    return [
+        "generate",
+        *(str(DATA / n) for n in photos),
+        "--base",
+        str(files / "sdxl"),
+        "--adapter",
+        str(files / "adapter.safetensors"),
+        "--image-encoder",
+        str(files / "clip"),
+        "--prompt",
+        "a portrait photo",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    ]
 
 
 def test_generate_end_to_end_on_bundled_photos(model_files, tmp_path):
     out = tmp_path / "run1"
-    args = base_args(model_files, out) + ["--yaw", "20", "--expression", "smile:0.6", "--seed", "3",
-                                          "--negative-prompt", "blurry", "--num-images", "2"]  # fmt: skip
+    args = base_args(model_files, out) + [
+        "--yaw",
+        "20",
+        "--expression",
+        "smile:0.6",
+        "--seed",
+        "3",
+        "--negative-prompt",
+        "blurry",
+        "--num-images",
+        "2",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     portraits = [np.asarray(Image.open(out / f"portrait_3_{i}.png")) for i in range(2)]
@@ -59,8 +83,15 @@ def test_missing_weights_explain_what_and_where(tmp_path):
     result = runner.invoke(app, args, env={"HIFI_PORTRAIT_BASE": "", "HIFI_PORTRAIT_ADAPTER": ""})
     assert result.exit_code == 3
     text = " ".join(result.output.split())
-    for needed in ("SDXL base: not given", "stabilityai/stable-diffusion-xl-base-1.0", "model_index.json",
-                   "adapter: not given", "hifi-portrait train", "CLIP vision encoder", "h94/IP-Adapter"):  # fmt: skip
+    for needed in (
+        "SDXL base: not given",
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "model_index.json",
+        "adapter: not given",
+        "hifi-portrait train",
+        "CLIP vision encoder",
+        "h94/IP-Adapter",
+    ):
         assert needed in text, needed
     assert not (tmp_path / "o").exists()  # nothing analysed or written before the check
 
@@ -68,8 +99,18 @@ def test_missing_weights_explain_what_and_where(tmp_path):
 def test_incomplete_folders_and_bad_options(model_files, tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "model_index.json").write_text("{}")
-    args = ["generate", str(DATA / "obama.jpg"), "--prompt", "x", "--out", str(tmp_path / "o"),
-            "--base", str(tmp_path / "half"), "--adapter", str(tmp_path / "adapter.bin")]  # fmt: skip
+    args = [
+        "generate",
+        str(DATA / "obama.jpg"),
+        "--prompt",
+        "x",
+        "--out",
+        str(tmp_path / "o"),
+        "--base",
+        str(tmp_path / "half"),
+        "--adapter",
+        str(tmp_path / "adapter.bin"),
+    ]
     result = runner.invoke(app, args)
     text = " ".join(result.output.split())
     assert result.exit_code == 3
@@ -153,10 +194,29 @@ def test_instantid_mode(model_files, tmp_path, monkeypatch):
     (tmp_path / "antelopev2").mkdir()
     monkeypatch.setattr("hifi_portrait.face.analyzer.InsightFaceEmbedder", FakeArcFace)
 
-    args = ["generate", str(DATA / "obama.jpg"), str(DATA / "obama2.jpg"), "--base", str(model_files / "sdxl"),
-            "--instantid", str(converted), "--identitynet", str(tmp_path / "ControlNetModel"),
-            "--insightface-dir", str(tmp_path / "antelopev2"), "--prompt", "a portrait photo", "--size", "64x64",
-            "--steps", "2", "--yaw", "-20", "--out", str(tmp_path / "out")]  # fmt: skip
+    args = [
+        "generate",
+        str(DATA / "obama.jpg"),
+        str(DATA / "obama2.jpg"),
+        "--base",
+        str(model_files / "sdxl"),
+        "--instantid",
+        str(converted),
+        "--identitynet",
+        str(tmp_path / "ControlNetModel"),
+        "--insightface-dir",
+        str(tmp_path / "antelopev2"),
+        "--prompt",
+        "a portrait photo",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--yaw",
+        "-20",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert np.asarray(Image.open(tmp_path / "out" / "portrait_0_0.png")).shape == (64, 64, 3)

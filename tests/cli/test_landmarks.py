@@ -19,9 +19,29 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("landmarks")
-    args = ["landmarks", str(DATA / "obama.jpg"), str(DATA / "obama2.jpg"), "--yaw", "20", "--pitch", "-5",
-            "--expression", "smile:0.5", "--blendshape", "jawOpen=0.3", "--size", "320x400", "--style", "mediapipe",
-            "--sweep", "yaw", "--sweep-steps", "3", "--out", str(out)]  # fmt: skip
+    args = [
+        "landmarks",
+        str(DATA / "obama.jpg"),
+        str(DATA / "obama2.jpg"),
+        "--yaw",
+        "20",
+        "--pitch",
+        "-5",
+        "--expression",
+        "smile:0.5",
+        "--blendshape",
+        "jawOpen=0.3",
+        "--size",
+        "320x400",
+        "--style",
+        "mediapipe",
+        "--sweep",
+        "yaw",
+        "--sweep-steps",
+        "3",
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     return result, out
 
@@ -44,8 +64,18 @@ def test_writes_map_overlay_sweep_and_json(first_run):
 def test_driver_and_saved_shape(first_run, tmp_path):
     _, first = first_run
     out = tmp_path / "driven"
-    args = ["landmarks", str(first / "identity_shape.npz"), "--driver", str(DATA / "biden.jpg"), "--size", "256x256",
-            "--style", "instantid", "--out", str(out)]  # fmt: skip
+    args = [
+        "landmarks",
+        str(first / "identity_shape.npz"),
+        "--driver",
+        str(DATA / "biden.jpg"),
+        "--size",
+        "256x256",
+        "--style",
+        "instantid",
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     info = json.loads((out / "landmarks.json").read_text())
@@ -61,8 +91,9 @@ def test_driver_without_a_face_fails_with_exit_1(first_run, tmp_path):
     _, first = first_run
     blank = tmp_path / "wall.png"
     Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(blank)
-    result = runner.invoke(app, ["landmarks", str(first / "identity_shape.npz"), "--driver", str(blank),
-                                 "--out", str(tmp_path / "o")])  # fmt: skip
+    result = runner.invoke(
+        app, ["landmarks", str(first / "identity_shape.npz"), "--driver", str(blank), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1
     assert "no face" in result.output and "wall.png" in result.output
 

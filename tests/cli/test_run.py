@@ -59,8 +59,20 @@ def test_run_generates_a_portrait_per_target_with_weights(tmp_path, model_files,
 
     monkeypatch.setenv("HIFI_PORTRAIT_IMAGE_ENCODER", str(model_files / "clip"))  # the env route for one of them
     out = tmp_path / "results"
-    args = ["run", *(str(DATA / n) for n in ("obama.jpg", "obama2.jpg")), "--out", str(out), "--size", "64x64",
-            "--steps", "2", "--base", str(model_files / "sdxl"), "--adapter", str(model_files / "adapter.safetensors")]
+    args = [
+        "run",
+        *(str(DATA / n) for n in ("obama.jpg", "obama2.jpg")),
+        "--out",
+        str(out),
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--base",
+        str(model_files / "sdxl"),
+        "--adapter",
+        str(model_files / "adapter.safetensors"),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     portraits = {p.stem: np.asarray(Image.open(p)) for p in (out / "portraits").glob("*.png")}

@@ -85,12 +85,24 @@ class ColourStatsAnalyzer:
         box = np.array([w * 0.25, h * 0.25, w * 0.75, h * 0.75])
         lmk = np.stack([np.linspace(box[0], box[2], 478), np.linspace(box[1], box[3], 478), np.zeros(478)], 1)
         return FaceAnalysis(
-            source=source or "", image_size=(w, h), face_index=0, bbox=box, det_score=0.99,
-            keypoints=lmk[::96, :2][:5], landmarks=lmk, pose=HeadPose(0.0, 0.0, 0.0), transform=np.eye(4),
-            blendshapes={}, identity=identity.astype(np.float32), identity_model="colour-stats",
-            quality=QualityScore(0.9, 1, 1, 1, 1), arcface_crop=crop, encoder_crop=crop,
-            mask=np.full((112, 112), 255, np.uint8), mask_method="none",
-        )  # fmt: skip
+            source=source or "",
+            image_size=(w, h),
+            face_index=0,
+            bbox=box,
+            det_score=0.99,
+            keypoints=lmk[::96, :2][:5],
+            landmarks=lmk,
+            pose=HeadPose(0.0, 0.0, 0.0),
+            transform=np.eye(4),
+            blendshapes={},
+            identity=identity.astype(np.float32),
+            identity_model="colour-stats",
+            quality=QualityScore(0.9, 1, 1, 1, 1),
+            arcface_crop=crop,
+            encoder_crop=crop,
+            mask=np.full((112, 112), 255, np.uint8),
+            mask_method="none",
+        )
 
 
 def colour_stats_factory():

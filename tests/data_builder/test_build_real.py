@@ -109,8 +109,13 @@ def test_samples_carry_consistent_metadata(clustered_build):
         names = tar.getnames()
         first = names[0].split(".")[0]
         assert {n.split(".", 1)[1] for n in names if n.startswith(first)} == {
-            "jpg", "crop.jpg", "mask.png", "id.npy", "lmk.npy", "json"
-        }  # fmt: skip
+            "jpg",
+            "crop.jpg",
+            "mask.png",
+            "id.npy",
+            "lmk.npy",
+            "json",
+        }
         meta = json.load(tar.extractfile(f"{first}.json"))
         photo = Image.open(tar.extractfile(f"{first}.jpg"))
         lmk = np.load(io.BytesIO(tar.extractfile(f"{first}.lmk.npy").read()))

@@ -58,8 +58,9 @@ def test_sigkill_and_resume(tmp_path):
 
     out = tmp_path / "killed"
     work = out / "work" / "analysis"
-    proc = subprocess.Popen([sys.executable, str(script), str(src), str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(src), str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 200
     finished: list[Path] = []
     while time.monotonic() < deadline and proc.poll() is None:

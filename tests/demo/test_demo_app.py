@@ -72,8 +72,9 @@ def test_page_without_weights_says_which_files(analyzer, landmark_backend):
     apis = {fn.api_name for fn in demo.fns.values() if fn.api_name}
     assert {"analyze", "preview", "generate"} <= apis
     with pytest.raises(Exception, match="weights are not configured"):
-        _api_fn(demo, "generate")(None, "hifi", "sliders", None, "p", "", 0, 2, 1.0, 1.0, 0, 0, 0, "neutral", 1.0,
-                                  *[0.0] * 6)
+        _api_fn(demo, "generate")(
+            None, "hifi", "sliders", None, "p", "", 0, 2, 1.0, 1.0, 0, 0, 0, "neutral", 1.0, *[0.0] * 6
+        )
 
 
 def test_page_generates_with_a_configured_generator(analyzer, landmark_backend, mixed_view):
@@ -86,14 +87,31 @@ def test_page_generates_with_a_configured_generator(analyzer, landmark_backend, 
     demo = build_demo(analyzer, landmark_backend, pipeline=generator)
     assert _component(demo, "weights-status")["visible"] is False
     assert _component(demo, "generate")["interactive"] is True
-    out = _api_fn(demo, "generate")(mixed_view.state, "hifi", "sliders", None, "a portrait", "blurry", 3, 2, 0.9, 0.7,
-                                    15, 0, 0, "smile", 0.5, *[0.0] * 6)
+    out = _api_fn(demo, "generate")(
+        mixed_view.state,
+        "hifi",
+        "sliders",
+        None,
+        "a portrait",
+        "blurry",
+        3,
+        2,
+        0.9,
+        0.7,
+        15,
+        0,
+        0,
+        "smile",
+        0.5,
+        *[0.0] * 6,
+    )
     assert out.shape == (64, 64, 3)
     references, landmark_map, kwargs = calls[0]
     assert [r.source for r in references] == [p.name for p in OBAMAS]  # the other person is left out
     assert landmark_map.shape == (1024, 1024, 3) and landmark_map.max() > 0
-    assert kwargs == dict(prompt="a portrait", negative_prompt="blurry", seed=3, steps=2, id_scale=0.9,
-                          control_scale=0.7)
+    assert kwargs == dict(
+        prompt="a portrait", negative_prompt="blurry", seed=3, steps=2, id_scale=0.9, control_scale=0.7
+    )
 
 
 def test_demo_subcommand_help_and_bad_port():

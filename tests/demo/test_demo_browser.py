@@ -104,9 +104,7 @@ def test_upload_analyse_and_live_preview(server, browser, artifacts_dir, mixed_v
     src_start = page.get_attribute("#preview img", "src")
 
     page.set_input_files("#refs input[type=file]", [str(p) for p in [*OBAMAS, BIDEN]])
-    page.wait_for_function(
-        "document.querySelector('#warnings').innerText.includes('biden.jpg')", timeout=60_000
-    )
+    page.wait_for_function("document.querySelector('#warnings').innerText.includes('biden.jpg')", timeout=60_000)
     warnings = page.inner_text("#warnings")
     assert "different person" in warnings and "3 kept" in warnings
     assert page.locator("#crops img").count() >= 4
@@ -142,13 +140,13 @@ def test_upload_analyse_and_live_preview(server, browser, artifacts_dir, mixed_v
     # a driver photo: its pose and expression replace the sliders' (its face shape is not used)
     page.get_by_text("Driver photo (copy its pose").click()
     page.set_input_files("#driver input[type=file]", str(BIDEN))
-    page.wait_for_function("document.querySelector('#driver-info').innerText.includes('biden.jpg')",
-                           timeout=60_000)
+    page.wait_for_function("document.querySelector('#driver-info').innerText.includes('biden.jpg')", timeout=60_000)
     assert page.locator("#source input[value='driver photo']").is_checked()
     page.wait_for_function("document.querySelector('#yaw input[type=range]').disabled", timeout=10_000)
     driver, _ = cb.analyze_driver(str(BIDEN), analyzer)
-    _wait_for_preview(page, cb.render_preview(mixed_view.state, cb.TargetSpec(driver=driver), landmark_backend,
-                                              size=PREVIEW_SIZE))
+    _wait_for_preview(
+        page, cb.render_preview(mixed_view.state, cb.TargetSpec(driver=driver), landmark_backend, size=PREVIEW_SIZE)
+    )
 
     # without weights the page says which files generation needs, and the button is off
     status = page.inner_text("#weights-status")

@@ -78,8 +78,13 @@ def test_preview_follows_every_control(mixed_view, landmark_backend):
     neutral = render()
     assert neutral.shape == (384, 384, 3) and neutral.dtype == np.uint8
     assert np.array_equal(neutral, render()), "same target, same map"
-    for changed in (dict(yaw=20), dict(pitch=-15), dict(roll=10), dict(preset="smile"),
-                    dict(blendshapes=cb.blendshapes_from_sliders({"jaw open": 0.6}))):
+    for changed in (
+        dict(yaw=20),
+        dict(pitch=-15),
+        dict(roll=10),
+        dict(preset="smile"),
+        dict(blendshapes=cb.blendshapes_from_sliders({"jaw open": 0.6})),
+    ):
         assert not np.array_equal(neutral, render(**changed)), changed
     # intensity scales the preset: 0 is neutral
     assert np.array_equal(neutral, render(preset="smile", intensity=0.0))
@@ -112,11 +117,13 @@ def test_driver_photo_sets_pose_and_expression(mixed_view, analyzer, landmark_ba
     state = mixed_view.state
     with_driver = cb.render_preview(state, cb.TargetSpec(driver=driver), landmark_backend, size=(256, 256))
     # sliders are ignored while a driver is used
-    moved = cb.render_preview(state, cb.TargetSpec(yaw=40, preset="laugh", driver=driver), landmark_backend,
-                              size=(256, 256))
+    moved = cb.render_preview(
+        state, cb.TargetSpec(yaw=40, preset="laugh", driver=driver), landmark_backend, size=(256, 256)
+    )
     assert np.array_equal(with_driver, moved)
-    assert not np.array_equal(with_driver, cb.render_preview(state, cb.TargetSpec(), landmark_backend,
-                                                             size=(256, 256)))
+    assert not np.array_equal(
+        with_driver, cb.render_preview(state, cb.TargetSpec(), landmark_backend, size=(256, 256))
+    )
     assert cb.analyze_driver(None, analyzer)[0] is None
     no_face = tmp_path / "blank.png"
     from PIL import Image

@@ -42,8 +42,24 @@ def test_generate_with_weights_from_files(weight_files, mixed_view, analyzer, la
     sliders = [0.0] * 6
 
     def run(yaw=0.0, seed=1):
-        return generate(mixed_view.state, "hifi", "sliders", None, "a portrait photo", "blurry", seed, 2, 1.0, 1.0,
-                        yaw, 0, 0, "neutral", 1.0, *sliders)
+        return generate(
+            mixed_view.state,
+            "hifi",
+            "sliders",
+            None,
+            "a portrait photo",
+            "blurry",
+            seed,
+            2,
+            1.0,
+            1.0,
+            yaw,
+            0,
+            0,
+            "neutral",
+            1.0,
+            *sliders,
+        )
 
     first = run()
     assert first.shape == (64, 64, 3) and first.dtype == np.uint8
@@ -55,5 +71,6 @@ def test_generate_with_weights_from_files(weight_files, mixed_view, analyzer, la
 def test_generate_without_references_says_what_to_do(weight_files, analyzer, landmark_backend):
     demo = build_demo(analyzer, landmark_backend, weights=weight_files, generation_size=(64, 64))
     with pytest.raises(Exception, match="upload photos"):
-        _api_fn(demo, "generate")(None, "hifi", "sliders", None, "p", "", 0, 2, 1.0, 1.0, 0, 0, 0, "neutral", 1.0,
-                                  *[0.0] * 6)
+        _api_fn(demo, "generate")(
+            None, "hifi", "sliders", None, "p", "", 0, 2, 1.0, 1.0, 0, 0, 0, "neutral", 1.0, *[0.0] * 6
+        )

@@ -44,8 +44,19 @@ def free_port() -> int:
 def server():
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "hifi_portrait.cli.main", "--quiet", "demo", "--port", str(port),
-           "--max-queue", str(MAX_QUEUE), "--max-upload-mb", str(MAX_UPLOAD_MB)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hifi_portrait.cli.main",
+        "--quiet",
+        "demo",
+        "--port",
+        str(port),
+        "--max-queue",
+        str(MAX_QUEUE),
+        "--max-upload-mb",
+        str(MAX_UPLOAD_MB),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -166,8 +177,10 @@ def test_burst_of_analyses_completes_or_is_refused_with_bounded_memory(server):
         rows = table_rows(outputs)
         assert [row[0] for row in rows] == [photos[i % len(photos)].name] and rows[0][1] == "ok"
     growth_mb = (peak - baseline) / 2**20
-    print(f"\n{len(done)} completed, {len(full)} queue-full in {elapsed:.1f} s; server RSS {baseline / 2**20:.0f} MB "
-          f"after warm-up, peak {peak / 2**20:.0f} MB (+{growth_mb:.0f} MB)")
+    print(
+        f"\n{len(done)} completed, {len(full)} queue-full in {elapsed:.1f} s; server RSS {baseline / 2**20:.0f} MB "
+        f"after warm-up, peak {peak / 2**20:.0f} MB (+{growth_mb:.0f} MB)"
+    )
     assert growth_mb < RSS_GROWTH_BOUND_MB
 
     # the server recovers: a request after the burst is served normally

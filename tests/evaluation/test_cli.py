@@ -22,8 +22,22 @@ def test_eval_two_methods_against_a_reference_folder(tmp_path, data_dir):
     shutil.copy(data_dir / "obama3.jpg", ours / "0.jpg")  # same person
     shutil.copy(data_dir / "biden.jpg", other / "0.jpg")  # another person
     out = tmp_path / "eval"
-    res = runner.invoke(app, ["eval", "--references", str(refs), "-g", f"ours={ours}", "-g", str(other),
-                              "--out", str(out), "--prompt", "a photo of a man"])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--references",
+            str(refs),
+            "-g",
+            f"ours={ours}",
+            "-g",
+            str(other),
+            "--out",
+            str(out),
+            "--prompt",
+            "a photo of a man",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "| ours |" in res.output and "| other |" in res.output
     assert "CLIP-T and diversity skipped" in res.output

@@ -29,11 +29,20 @@ def tiny_clip_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     tokenizer = make_tiny_clip_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
-                pad_token_id=513)
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                  num_attention_heads=4)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+    vision = dict(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4
+    )
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
     path = tmp_path_factory.mktemp("tiny_clip")
     model.save_pretrained(path, safe_serialization=True)
@@ -119,11 +128,19 @@ def test_runner_with_clip_and_fid_wiring(tmp_path, data_dir, evaluator, tiny_cli
         shutil.copy(data_dir / "obama.jpg", gen / f"a_{i}.jpg")
     for name in ["biden.jpg", "astronaut.jpg", "obama3.jpg"]:
         shutil.copy(data_dir / name, real / name)
-    (tmp_path / "m.yaml").write_text(yaml.safe_dump(
-        {"entries": [{"id": "a", "references": [str(data_dir / "obama3.jpg")], "prompt": "a portrait photo"}]}
-    ))
-    ev = Evaluator(analyzer=evaluator.analyzer, clip=ClipScorer(tiny_clip_dir), inception=MeanColour(),
-                   fid_reference_dir=real, kid_subsets=3, progress=False)
+    (tmp_path / "m.yaml").write_text(
+        yaml.safe_dump(
+            {"entries": [{"id": "a", "references": [str(data_dir / "obama3.jpg")], "prompt": "a portrait photo"}]}
+        )
+    )
+    ev = Evaluator(
+        analyzer=evaluator.analyzer,
+        clip=ClipScorer(tiny_clip_dir),
+        inception=MeanColour(),
+        fid_reference_dir=real,
+        kid_subsets=3,
+        progress=False,
+    )
     res = ev.evaluate(load_manifest(tmp_path / "m.yaml"), gen, method="tiny")
     assert all(-1.0 <= r["clip_t"] <= 1.0 for r in res.rows)
     # the two images have the same content: equal CLIP-T, and zero diversity (a known value, even with random weights)

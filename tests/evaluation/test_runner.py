@@ -141,8 +141,9 @@ def test_two_recognizers_are_both_reported(bench, data_dir, evaluator):
             flipped = Detection(np.array([w - 1 - x2, y1, w - 1 - x1, y2]), detection.score, kps)
             return super().embed(np.ascontiguousarray(image[:, ::-1]), flipped)
 
-    ev = Evaluator(analyzer=evaluator.analyzer, recognizers=[evaluator.analyzer.embedder, MirroredDlib()],
-                   progress=False)
+    ev = Evaluator(
+        analyzer=evaluator.analyzer, recognizers=[evaluator.analyzer.embedder, MirroredDlib()], progress=False
+    )
     entry = {"id": "e1", "references": [str(data_dir / "obama.jpg")], "generated": ["e1_2.jpg"]}
     res = ev.evaluate(load_manifest(_write(bench["root"] / "two.yaml", {"entries": [entry]})), bench["gen"])
     row = res.rows[0]
@@ -192,8 +193,10 @@ def test_empty_or_mismatched_generated_folders(tmp_path, data_dir, evaluator):
     with pytest.raises(DatasetError, match="matches the manifest"):
         evaluator.evaluate(manifest, other)
     listed = load_manifest(
-        _write(tmp_path / "l.yaml", {"entries": [{"id": "a", "references": [str(data_dir / "obama.jpg")],
-                                                   "generated": ["gone.png"]}]})
+        _write(
+            tmp_path / "l.yaml",
+            {"entries": [{"id": "a", "references": [str(data_dir / "obama.jpg")], "generated": ["gone.png"]}]},
+        )
     )
     with pytest.raises(ConfigError, match="not found"):
         evaluator.evaluate(listed, other)
@@ -232,8 +235,11 @@ def test_landmark_targets_from_the_landmark_generator(tmp_path, data_dir, evalua
     # the measured astronaut landmarks, expressed on a canvas of twice the photo's size, rescale onto themselves
     w, h = astro.image_size
     np.save(tmp_path / "double.npy", np.asarray(astro.landmarks) * 2.0)
-    entry = {"id": "b", "references": [str(data_dir / "astronaut.jpg")],
-             "target": {"landmarks": "double.npy", "landmarks_image_size": [2 * w, 2 * h]}}
+    entry = {
+        "id": "b",
+        "references": [str(data_dir / "astronaut.jpg")],
+        "target": {"landmarks": "double.npy", "landmarks_image_size": [2 * w, 2 * h]},
+    }
     manifest = load_manifest(_write(tmp_path / "n.yaml", {"entries": [entry]}))
     gen_dir = tmp_path / "gen"
     gen_dir.mkdir()

@@ -91,15 +91,24 @@ def _tiny_arcface_onnx(seed: int = 0) -> bytes:
     def ints_attr(name: str, values: list[int]) -> bytes:
         return _pb(1, name) + _pb(20, 7) + b"".join(_pb(8, v) for v in values)
 
-    pool = _pb(1, "data") + _pb(2, "pooled") + _pb(4, "AveragePool") + _pb(5, ints_attr("kernel_shape", [8, 8])) + _pb(
-        5, ints_attr("strides", [8, 8])
+    pool = (
+        _pb(1, "data")
+        + _pb(2, "pooled")
+        + _pb(4, "AveragePool")
+        + _pb(5, ints_attr("kernel_shape", [8, 8]))
+        + _pb(5, ints_attr("strides", [8, 8]))
     )
     flat = _pb(1, "pooled") + _pb(2, "flat") + _pb(4, "Flatten")
     matmul = _pb(1, "flat") + _pb(1, "W") + _pb(2, "fc1") + _pb(4, "MatMul")
     init = _pb(1, weight.shape[0]) + _pb(1, weight.shape[1]) + _pb(2, 1) + _pb(8, "W") + _pb(9, weight.tobytes())
     graph = (
-        _pb(1, pool) + _pb(1, flat) + _pb(1, matmul) + _pb(2, "tiny_arcface") + _pb(5, init)
-        + _pb(11, value_info("data", ["N", 3, 112, 112])) + _pb(12, value_info("fc1", ["N", 512]))
+        _pb(1, pool)
+        + _pb(1, flat)
+        + _pb(1, matmul)
+        + _pb(2, "tiny_arcface")
+        + _pb(5, init)
+        + _pb(11, value_info("data", ["N", 3, 112, 112]))
+        + _pb(12, value_info("fc1", ["N", 512]))
     )
     opset = _pb(1, "") + _pb(2, 13)
     return _pb(1, 8) + _pb(8, opset) + _pb(7, graph)

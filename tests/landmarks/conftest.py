@@ -46,8 +46,11 @@ def mp_faces() -> dict[str, SimpleNamespace]:
                 image_size=(w, h),
                 landmarks=lm,
                 transform=np.array(result.facial_transformation_matrixes[0]),
-                blendshapes={c.category_name: float(c.score) for c in result.face_blendshapes[0]
-                             if c.category_name != "_neutral"},
+                blendshapes={
+                    c.category_name: float(c.score)
+                    for c in result.face_blendshapes[0]
+                    if c.category_name != "_neutral"
+                },
                 quality=None,
             )
     return faces

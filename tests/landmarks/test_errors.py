@@ -40,8 +40,9 @@ def test_unknown_blendshape_suggests_the_right_spelling():
         make_target(blendshapes={"jawOpen": 2.0})
 
 
-@pytest.mark.parametrize(("yaw", "pitch", "roll"), [(95, 0, 0), (-86, 0, 0), (0, 61, 0), (0, 0, -91),
-                                                    (math.nan, 0, 0), (0, math.inf, 0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("yaw", "pitch", "roll"), [(95, 0, 0), (-86, 0, 0), (0, 61, 0), (0, 0, -91), (math.nan, 0, 0), (0, math.inf, 0)]
+)
 def test_out_of_range_angles(yaw, pitch, roll):
     with pytest.raises(LandmarkError, match="outside the supported range"):
         make_target(yaw=yaw, pitch=pitch, roll=roll)

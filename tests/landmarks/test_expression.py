@@ -25,10 +25,12 @@ def ratios(points2d: np.ndarray) -> dict[str, float]:
     """Mouth opening and width over the inter-ocular distance; eye aperture over eye width (mean of both eyes)."""
     p = points2d
     iod = np.linalg.norm(p[M.RIGHT_IRIS_CENTER] - p[M.LEFT_IRIS_CENTER])
-    eye = np.mean([
-        np.linalg.norm(p[M.EYE_R_TOP] - p[M.EYE_R_BOTTOM]) / np.linalg.norm(p[M.EYE_R_OUTER] - p[M.EYE_R_INNER]),
-        np.linalg.norm(p[M.EYE_L_TOP] - p[M.EYE_L_BOTTOM]) / np.linalg.norm(p[M.EYE_L_OUTER] - p[M.EYE_L_INNER]),
-    ])  # fmt: skip
+    eye = np.mean(
+        [
+            np.linalg.norm(p[M.EYE_R_TOP] - p[M.EYE_R_BOTTOM]) / np.linalg.norm(p[M.EYE_R_OUTER] - p[M.EYE_R_INNER]),
+            np.linalg.norm(p[M.EYE_L_TOP] - p[M.EYE_L_BOTTOM]) / np.linalg.norm(p[M.EYE_L_OUTER] - p[M.EYE_L_INNER]),
+        ]
+    )
     return {
         "mouth_open": np.linalg.norm(p[M.INNER_LIP_TOP] - p[M.INNER_LIP_BOTTOM]) / iod,
         "mouth_width": np.linalg.norm(p[M.MOUTH_CORNER_R] - p[M.MOUTH_CORNER_L]) / iod,
@@ -99,8 +101,9 @@ def test_every_blendshape_moves_landmarks_and_matches_mediapipe_names(mp_faces):
     silent = [n for n, m in zip(BLENDSHAPE_NAMES, motion, strict=True) if m < 0.05]
     assert silent == [], silent
     # left/right pairs mirror each other
-    mirror = np.array([np.argmin(np.linalg.norm(M.canonical_landmarks() * [-1, 1, 1] - q, axis=1))
-                       for q in M.canonical_landmarks()])  # fmt: skip
+    mirror = np.array(
+        [np.argmin(np.linalg.norm(M.canonical_landmarks() * [-1, 1, 1] - q, axis=1)) for q in M.canonical_landmarks()]
+    )
     for name in BLENDSHAPE_NAMES:
         if name.endswith("Left"):
             a, b = basis[BLENDSHAPE_NAMES.index(name)], basis[BLENDSHAPE_NAMES.index(name[:-4] + "Right")]

@@ -53,8 +53,10 @@ def test_pose_control_grid_within_2_degrees(obama_shape, expression):
         raw_pose = pnp_pose(raw.points2d, raw.camera.matrix)
         worst_raw = max(worst_raw, np.abs(np.array(raw_pose) - (yaw, pitch, roll)).max())
     assert worst_raw < 5.0
-    print(f"pose control, expression={expression}: worst PnP error {worst:.2f} deg over 225 poses "
-          f"({worst_raw:.2f} deg without pose calibration)")
+    print(
+        f"pose control, expression={expression}: worst PnP error {worst:.2f} deg over 225 poses "
+        f"({worst_raw:.2f} deg without pose calibration)"
+    )
 
 
 def _iod(landmarks: np.ndarray) -> float:
@@ -79,13 +81,16 @@ def test_round_trip_on_held_out_photo(mp_faces):
         held = mp_faces[held_name]
         shape = fit_identity_shape([mp_faces[n] for n in refs])
         target = make_target(driver=held)  # the held-out photo's measured pose and expression
-        ours.append(_nme_scale_translation(generate_landmarks(shape, target, size=held.image_size).landmarks,
-                                           held.landmarks))  # fmt: skip
+        ours.append(
+            _nme_scale_translation(generate_landmarks(shape, target, size=held.image_size).landmarks, held.landmarks)
+        )
         canonical = generate_landmarks(IdentityShape.canonical(), target, size=held.image_size)
         mean_face.append(_nme_scale_translation(canonical.landmarks, held.landmarks))
         best_copy.append(min(_nme_scale_translation(mp_faces[n].landmarks, held.landmarks) for n in refs))
-        print(f"round trip {held_name}: NME/IOD ours {ours[-1]:.4f}, canonical mean face {mean_face[-1]:.4f}, "
-              f"best copy of a reference {best_copy[-1]:.4f}")
+        print(
+            f"round trip {held_name}: NME/IOD ours {ours[-1]:.4f}, canonical mean face {mean_face[-1]:.4f}, "
+            f"best copy of a reference {best_copy[-1]:.4f}"
+        )
     # Bound: 0.08 IOD is about 5 px at a 64 px inter-ocular distance, under the ~0.1 of copying a reference's
     # landmarks; ours must also remove at least 40 % of the copy baseline's error on every photo, and the fitted
     # identity must beat the canonical mean face on average (the shape carries identity information).
@@ -133,11 +138,15 @@ def test_fit_is_robust_to_an_outlier_reference(mp_faces):
     clean = fit_identity_shape([mp_faces[n] for n in REFS])
     broken = mp_faces["obama.jpg"].landmarks.copy()
     broken[M.LOWER_LIP[:9], 1] += 40  # a badly detected mouth in one more reference
-    robust = fit_identity_shape([mp_faces[n].landmarks for n in REFS] + [broken, mp_faces["obama.jpg"].landmarks],
-                                blendshapes=[mp_faces[n].blendshapes for n in (*REFS, "obama.jpg", "obama.jpg")])
-    mean = fit_identity_shape([mp_faces[n].landmarks for n in REFS] + [broken, mp_faces["obama.jpg"].landmarks],
-                              blendshapes=[mp_faces[n].blendshapes for n in (*REFS, "obama.jpg", "obama.jpg")],
-                              weights=[1, 1, 1, 1])
+    robust = fit_identity_shape(
+        [mp_faces[n].landmarks for n in REFS] + [broken, mp_faces["obama.jpg"].landmarks],
+        blendshapes=[mp_faces[n].blendshapes for n in (*REFS, "obama.jpg", "obama.jpg")],
+    )
+    mean = fit_identity_shape(
+        [mp_faces[n].landmarks for n in REFS] + [broken, mp_faces["obama.jpg"].landmarks],
+        blendshapes=[mp_faces[n].blendshapes for n in (*REFS, "obama.jpg", "obama.jpg")],
+        weights=[1, 1, 1, 1],
+    )
     idx = list(M.LOWER_LIP[:9])
     err_robust = np.linalg.norm(robust.points[idx] - clean.points[idx], axis=1).mean()
     assert err_robust < 0.25  # cm: the corrupted lip moved ~3 cm in that reference

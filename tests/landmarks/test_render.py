@@ -61,8 +61,16 @@ def test_mediapipe_style_uses_crucible_colours(shape):
     gen = generate_landmarks(shape, TargetAttributes(), size=(512, 512))
     img = render_map(gen, "mediapipe")
     colours = {tuple(c) for c in img.reshape(-1, 3)} - {(0, 0, 0)}
-    expected = {(10, 200, 10), (10, 200, 180), (10, 220, 180), (180, 200, 10), (180, 220, 10), (10, 180, 10),
-                (250, 200, 10), (10, 200, 250)}  # fmt: skip
+    expected = {
+        (10, 200, 10),
+        (10, 200, 180),
+        (10, 220, 180),
+        (180, 200, 10),
+        (180, 220, 10),
+        (10, 180, 10),
+        (250, 200, 10),
+        (10, 200, 250),
+    }
     assert colours <= expected and len(colours) >= 6
     x, y = np.floor(gen.points2d[M.RIGHT_IRIS_CENTER]).astype(int)
     assert tuple(img[y, x]) == (250, 200, 10)  # right pupil square (subject's right = image left)

@@ -89,8 +89,13 @@ def make_pipe(files, controlnet: bool = True) -> StableDiffusionXLHiFiPortraitPi
 
 
 def run(pipe, **kwargs) -> np.ndarray:
-    out = pipe("a portrait photo", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-               output_type="np", **kwargs)  # fmt: skip
+    out = pipe(
+        "a portrait photo",
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **kwargs,
+    )
     return out.images
 
 
@@ -138,11 +143,21 @@ def test_generate_with_identitynet_multi_reference_identity_and_our_keypoint_map
     # references drive the image; their order does not; the keypoint map matters
     b = run(pipe, id_embeds=embeds(1), reference_quality=quality, image=kps_map, controlnet_conditioning_scale=0.8)
     assert np.abs(a - b).max() > 1e-3
-    c = run(pipe, id_embeds=refs[[2, 0, 1]], reference_quality=[0.8, 0.9, 0.6], image=kps_map,
-            controlnet_conditioning_scale=0.8)  # fmt: skip
+    c = run(
+        pipe,
+        id_embeds=refs[[2, 0, 1]],
+        reference_quality=[0.8, 0.9, 0.6],
+        image=kps_map,
+        controlnet_conditioning_scale=0.8,
+    )
     np.testing.assert_allclose(a, c, atol=1e-4)
-    d = run(pipe, id_embeds=refs, reference_quality=quality, image=ImageOps.mirror(kps_map),
-            controlnet_conditioning_scale=0.8)  # fmt: skip
+    d = run(
+        pipe,
+        id_embeds=refs,
+        reference_quality=quality,
+        image=ImageOps.mirror(kps_map),
+        controlnet_conditioning_scale=0.8,
+    )
     assert np.abs(a - d).max() > 1e-3
 
 

@@ -15,8 +15,16 @@ torch.set_num_threads(1)
 def refiner() -> FaceRefiner:
     torch.manual_seed(0)
     model = FaceRefiner(
-        id_embed_dim=16, patch_dim=12, num_patches=5, hidden_dim=32, num_tokens=6, output_dim=24, num_layers=2,
-        num_heads=4, id_tokens_per_ref=2, ff_mult=2,
+        id_embed_dim=16,
+        patch_dim=12,
+        num_patches=5,
+        hidden_dim=32,
+        num_tokens=6,
+        output_dim=24,
+        num_layers=2,
+        num_heads=4,
+        id_tokens_per_ref=2,
+        ff_mult=2,
     )
     return model.eval()
 

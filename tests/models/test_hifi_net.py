@@ -45,15 +45,27 @@ def _unet_down_shapes(unet, x):
 def test_residual_shapes_match_unet(unet, ratio, depth):
     x = _inputs()
     net = HiFiNetModel.from_unet(unet, size_ratio=ratio, branch_layers_per_block=depth, vae_scale_factor=2)
-    down, mid = net(x["sample"], 10, controlnet_cond=x["cond"], id_tokens=x["tokens"],
-                    added_cond_kwargs=x["added"], return_dict=False)
+    down, mid = net(
+        x["sample"],
+        10,
+        controlnet_cond=x["cond"],
+        id_tokens=x["tokens"],
+        added_cond_kwargs=x["added"],
+        return_dict=False,
+    )
     assert [tuple(d.shape) for d in down] == _unet_down_shapes(unet, x)
     assert mid.shape == (2, 64, 16, 16)
     # untrained: zero-initialised output projections give exact zeros, so the UNet output is unchanged
     assert all(torch.count_nonzero(d) == 0 for d in down) and torch.count_nonzero(mid) == 0
     plain = unet(x["sample"], 10, encoder_hidden_states=x["text"], added_cond_kwargs=x["added"]).sample
-    with_branch = unet(x["sample"], 10, encoder_hidden_states=x["text"], added_cond_kwargs=x["added"],
-                       down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    with_branch = unet(
+        x["sample"],
+        10,
+        encoder_hidden_states=x["text"],
+        added_cond_kwargs=x["added"],
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+    ).sample
     assert torch.equal(plain, with_branch)
 
 

@@ -89,8 +89,14 @@ def test_references_drive_the_output(faces, landmark_map):
 
 def test_raw_tensors_and_precomputed_tokens_match_faces(faces, landmark_map):
     pipe = make_pipe()
-    out = pipe("a portrait photo", faces=faces, landmark_image=landmark_map, num_inference_steps=2,
-               generator=torch.Generator().manual_seed(0), output_type="np")
+    out = pipe(
+        "a portrait photo",
+        faces=faces,
+        landmark_image=landmark_map,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     assert isinstance(out, HiFiPortraitPipelineOutput)
     assert out.id_tokens.shape == (1, 4, 64)
     assert out.landmark_images[0].size == (64, 64)
@@ -112,8 +118,13 @@ def test_raw_tensors_and_precomputed_tokens_match_faces(faces, landmark_map):
 def test_n_references_and_batch(n, landmark_map):
     pipe = make_pipe()
     refs = [get_dummy_face(i) for i in range(n)]
-    out = run(pipe, prompt=["a portrait", "a painting"], faces=refs, landmark_image=landmark_map,
-              num_images_per_prompt=2 if n == 8 else 1)
+    out = run(
+        pipe,
+        prompt=["a portrait", "a painting"],
+        faces=refs,
+        landmark_image=landmark_map,
+        num_images_per_prompt=2 if n == 8 else 1,
+    )
     assert out.shape == ((4 if n == 8 else 2), 64, 64, 3) and np.isfinite(out).all()
 
 
@@ -147,9 +158,16 @@ def test_callback_and_tuple_output(faces, landmark_map):
         steps.append(i)
         return {"latents": kwargs["latents"]}
 
-    images, landmarks = pipe("a portrait", faces=faces, landmark_image=landmark_map, num_inference_steps=2,
-                             output_type="np", return_dict=False, callback_on_step_end=callback,
-                             generator=torch.Generator().manual_seed(0))
+    images, landmarks = pipe(
+        "a portrait",
+        faces=faces,
+        landmark_image=landmark_map,
+        num_inference_steps=2,
+        output_type="np",
+        return_dict=False,
+        callback_on_step_end=callback,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert steps == [0, 1] and images.shape == (1, 64, 64, 3) and len(landmarks) == 1
 
 
@@ -190,8 +208,10 @@ def test_lora_loading(faces, landmark_map):
 
     pipe = make_pipe()
     before = run(pipe, faces=faces, landmark_image=landmark_map)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                     init_lora_weights=False), adapter_name="style")
+    pipe.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False),
+        adapter_name="style",
+    )
     after = run(pipe, faces=faces, landmark_image=landmark_map)
     assert np.abs(after - before).max() > 1e-4
     # LoRA layers wrap the text projections only; the ID processors are still in place and used
@@ -206,8 +226,9 @@ def test_lora_file_through_diffusers_loader(tmp_path, faces, landmark_map):
     from peft.utils import get_peft_model_state_dict
 
     donor = make_pipe(adapter=False)
-    donor.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                      init_lora_weights=False))
+    donor.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
     StableDiffusionXLPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(donor.unet))
     pipe = make_pipe()
     before = run(pipe, faces=faces, landmark_image=landmark_map)
@@ -226,8 +247,13 @@ def test_extra_controlnets(faces, landmark_map):
     assert np.abs(with_cn - base).max() > 1e-3
     multi = make_pipe(controlnet=[cn1, cn2])
     both = run(multi, faces=faces, landmark_image=landmark_map, image=[landmark_map, 255 - landmark_map])
-    first_only = run(multi, faces=faces, landmark_image=landmark_map, image=[landmark_map, 255 - landmark_map],
-                     controlnet_conditioning_scale=[1.0, 0.0])
+    first_only = run(
+        multi,
+        faces=faces,
+        landmark_image=landmark_map,
+        image=[landmark_map, 255 - landmark_map],
+        controlnet_conditioning_scale=[1.0, 0.0],
+    )
     np.testing.assert_allclose(first_only, with_cn, atol=1e-5)
     assert np.abs(both - with_cn).max() > 1e-3
     with pytest.raises(ValueError, match="condition images"):
@@ -278,8 +304,14 @@ def test_real_reference_photos_through_the_face_package(analyzer, landmark_map):
     photos = [str(data / name) for name in ("obama.jpg", "obama2.jpg")]
     pipe = make_pipe()
     pipe.face_analyzer = analyzer
-    out = pipe("a portrait", reference_images=photos, landmark_image=landmark_map, num_inference_steps=2,
-               output_type="np", generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        "a portrait",
+        reference_images=photos,
+        landmark_image=landmark_map,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
     faces = [analyzer.analyze(p) for p in photos]
     torch.testing.assert_close(pipe.encode_id_tokens(faces=faces[::-1]), out.id_tokens, atol=1e-5, rtol=1e-5)
@@ -313,8 +345,14 @@ def test_uint8_array_and_pil_landmark_maps_are_the_same_condition(faces, landmar
     from PIL import Image
 
     pipe = make_pipe()
-    as_array = pipe(prompt="a portrait photo", faces=faces, landmark_image=landmark_map, num_inference_steps=2,
-                    generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+    as_array = pipe(
+        prompt="a portrait photo",
+        faces=faces,
+        landmark_image=landmark_map,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     as_pil = run(pipe, faces=faces, landmark_image=Image.fromarray(landmark_map))
     np.testing.assert_array_equal(as_array.images, as_pil)
     np.testing.assert_array_equal(np.asarray(as_array.landmark_images[0]), landmark_map)
@@ -329,9 +367,11 @@ def test_call_without_id_scale_keeps_the_scale_set_on_the_pipeline(faces, landma
     pipe = make_pipe()
     pipe.set_id_scale(0.0)
     kept = run(pipe, faces=faces, landmark_image=landmark_map, control_scale=0.0)  # id_scale left out: stays 0
-    np.testing.assert_array_equal(kept, run(pipe, faces=faces, landmark_image=landmark_map, id_scale=0.0,
-                                            control_scale=0.0))  # fmt: skip
-    assert not np.array_equal(kept, run(pipe, faces=faces, landmark_image=landmark_map, id_scale=1.0,
-                                        control_scale=0.0))  # fmt: skip
+    np.testing.assert_array_equal(
+        kept, run(pipe, faces=faces, landmark_image=landmark_map, id_scale=0.0, control_scale=0.0)
+    )
+    assert not np.array_equal(
+        kept, run(pipe, faces=faces, landmark_image=landmark_map, id_scale=1.0, control_scale=0.0)
+    )
     # an explicit scale is kept on the processors for later calls, as with pipe.set_id_scale
     assert all(p.scale == 1.0 for p in get_id_attn_processors(pipe.unet).values())

@@ -122,7 +122,9 @@ def analyze(
                         skipped.append({"file": str(path), "reason": str(exc), "error": type(exc).__name__})
                         progress.update(1)
                 results = analyzer.analyze_many(
-                    [image for _, image in loaded], policy=face_policy, workers=workers,
+                    [image for _, image in loaded],
+                    policy=face_policy,
+                    workers=workers,
                     sources=[str(path) for path, _ in loaded],
                 )
                 for (path, image), result in zip(loaded, results, strict=True):
@@ -160,8 +162,10 @@ def analyze(
                         "bbox": [round(float(v), 2) for v in analysis.bbox],
                         "det_score": round(analysis.det_score, 4),
                         "pose": {k: round(v, 2) for k, v in analysis.pose.__dict__.items()},
-                        "quality": {k: (round(v, 4) if isinstance(v, float) else v)
-                                    for k, v in analysis.quality.__dict__.items()},
+                        "quality": {
+                            k: (round(v, 4) if isinstance(v, float) else v)
+                            for k, v in analysis.quality.__dict__.items()
+                        },
                         "similarity_to_fused": round(to_fused[i], 4),
                         "outlier": i in fset.outliers,
                         "dropped": drop_outliers and i in fset.outliers,

@@ -103,8 +103,10 @@ def evaluate(
             typer.echo(f"scoring {name}: {folder}")
             result = evaluator.evaluate(bench, folder, method=name)
             files = write_report(result, safe_child(out, name))
-            typer.echo(f"  {result.summary['n_detected']}/{result.summary['n_images']} faces detected; "
-                       f"report: {files['markdown']}")
+            typer.echo(
+                f"  {result.summary['n_detected']}/{result.summary['n_images']} faces detected; "
+                f"report: {files['markdown']}"
+            )
             results.append(result)
         if len(results) > 1:
             files = write_comparison(results, out)

@@ -44,6 +44,7 @@ from hifi_portrait.pipelines.model_files import (
 
 logger = logging.getLogger(__name__)
 
+
 def _pick_device(device: str | None, fp16: bool, cpu_offload: bool) -> str:
     import torch
 
@@ -103,11 +104,19 @@ def generate_portraits(
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=True)
     try:
         out = pipe(
-            prompt=prompt, negative_prompt=negative_prompt or None, faces=list(analyses),
-            landmark_image=landmark_map, height=height, width=width, num_inference_steps=steps,
-            guidance_scale=guidance_scale, num_images_per_prompt=num_images, id_scale=id_scale,
-            control_scale=control_scale, generator=torch.Generator("cpu").manual_seed(seed),
-        )  # fmt: skip
+            prompt=prompt,
+            negative_prompt=negative_prompt or None,
+            faces=list(analyses),
+            landmark_image=landmark_map,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            num_images_per_prompt=num_images,
+            id_scale=id_scale,
+            control_scale=control_scale,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        )
     except ValueError as exc:
         if "identity vectors are" in str(exc):  # the adapter's refiner was trained with another identity model
             raise ConfigError(f"{exc} Use --insightface-dir for adapters trained on 512-d ArcFace vectors.") from None
@@ -137,12 +146,20 @@ def generate_instantid_portraits(
     height, width = np.asarray(landmark_map).shape[:2]
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", leave=True)
     out = pipe(
-        prompt=prompt, negative_prompt=negative_prompt or None, id_embeds=torch.as_tensor(id_embeds),
-        reference_quality=torch.as_tensor(quality), image=landmark_map, height=height, width=width,
-        controlnet_conditioning_scale=control_scale, id_scale=id_scale, num_inference_steps=steps,
-        guidance_scale=guidance_scale, num_images_per_prompt=num_images,
+        prompt=prompt,
+        negative_prompt=negative_prompt or None,
+        id_embeds=torch.as_tensor(id_embeds),
+        reference_quality=torch.as_tensor(quality),
+        image=landmark_map,
+        height=height,
+        width=width,
+        controlnet_conditioning_scale=control_scale,
+        id_scale=id_scale,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        num_images_per_prompt=num_images,
         generator=torch.Generator("cpu").manual_seed(seed),
-    )  # fmt: skip
+    )
     return list(out.images)
 
 
@@ -255,8 +272,11 @@ def _run(opt: dict[str, Any]) -> None:
     if mode == "instantid":
         problems = instantid_file_problems(opt["base"], opt["instantid"], opt["identitynet"], opt["insightface_dir"])
         if problems:
-            raise ModelFilesMissingError("InstantID mode needs model files that were not found:\n  - "
-                                         + "\n  - ".join(problems) + "\nSee docs/instantid.md.")  # fmt: skip
+            raise ModelFilesMissingError(
+                "InstantID mode needs model files that were not found:\n  - "
+                + "\n  - ".join(problems)
+                + "\nSee docs/instantid.md."
+            )
         opt["style"] = "instantid"  # IdentityNet was trained on InstantID's keypoint drawing
     else:
         require_model_files(opt["base"], opt["adapter"], opt["image_encoder"])
@@ -270,8 +290,9 @@ def _run(opt: dict[str, Any]) -> None:
     typer.echo("[3/4] target landmark map")
     driver_face = analyzer.analyze(opt["driver"]) if opt["driver"] is not None else None
     try:
-        target = make_target(yaw=opt["yaw"], pitch=opt["pitch"], roll=opt["roll"], expression=opt["expression"],
-                             driver=driver_face)  # fmt: skip
+        target = make_target(
+            yaw=opt["yaw"], pitch=opt["pitch"], roll=opt["roll"], expression=opt["expression"], driver=driver_face
+        )
     except LandmarkError as exc:
         raise ConfigError(f"with the driver {opt['driver']}: {exc}") from None
     gen = generate_landmarks(fit_identity_shape(analyses), target, size=(width, height))
@@ -281,20 +302,31 @@ def _run(opt: dict[str, Any]) -> None:
 
     what = "InstantID (IdentityNet + ip-adapter)" if mode == "instantid" else "adapter"
     typer.echo(f"[4/4] loading SDXL + {what} on {device}{' (fp16)' if opt['fp16'] else ''}")
-    common = {"loras": opt["lora"], "lora_scale": opt["lora_scale"], "fp16": opt["fp16"], "device": device,
-              "cpu_offload": opt["cpu_offload"]}  # fmt: skip
-    run_kw = {"steps": opt["steps"], "seed": opt["seed"], "num_images": opt["num_images"],
-              "guidance_scale": opt["guidance_scale"], "id_scale": opt["id_scale"],
-              "control_scale": opt["control_scale"],
-              "progress": logging.getLogger().getEffectiveLevel() <= logging.INFO}  # fmt: skip
+    common = {
+        "loras": opt["lora"],
+        "lora_scale": opt["lora_scale"],
+        "fp16": opt["fp16"],
+        "device": device,
+        "cpu_offload": opt["cpu_offload"],
+    }
+    run_kw = {
+        "steps": opt["steps"],
+        "seed": opt["seed"],
+        "num_images": opt["num_images"],
+        "guidance_scale": opt["guidance_scale"],
+        "id_scale": opt["id_scale"],
+        "control_scale": opt["control_scale"],
+        "progress": logging.getLogger().getEffectiveLevel() <= logging.INFO,
+    }
     if mode == "instantid":
         from hifi_portrait.loaders.instantid import instantid_embeddings
 
         id_embeds, quality = instantid_embeddings(analyses, analyzer.embedder)
         pipe = load_instantid_pipeline(opt["base"], opt["instantid"], opt["identitynet"], **common)
         t_load = time.perf_counter()
-        images = generate_instantid_portraits(pipe, id_embeds, quality, cond, opt["prompt"], opt["negative_prompt"],
-                                              **run_kw)  # fmt: skip
+        images = generate_instantid_portraits(
+            pipe, id_embeds, quality, cond, opt["prompt"], opt["negative_prompt"], **run_kw
+        )
     else:
         pipe = load_pipeline(opt["base"], opt["adapter"], opt["image_encoder"], **common)
         t_load = time.perf_counter()
@@ -320,16 +352,33 @@ def _run(opt: dict[str, Any]) -> None:
     settings.update(
         instantid=str(opt["instantid"]) if opt["instantid"] else None,
         identitynet=str(opt["identitynet"]) if opt["identitynet"] else None,
-        lora=[str(p) for p in opt["lora"]], driver=str(opt["driver"]) if opt["driver"] else None, size=[width, height],
-        device=device, dtype="float16" if opt["fp16"] else "float32", references=ref_report, mode=mode,
+        lora=[str(p) for p in opt["lora"]],
+        driver=str(opt["driver"]) if opt["driver"] else None,
+        size=[width, height],
+        device=device,
+        dtype="float16" if opt["fp16"] else "float32",
+        references=ref_report,
+        mode=mode,
         identity_model=analyses[0].identity_model,
-        target={"yaw": target.yaw, "pitch": target.pitch, "roll": target.roll,
-                "blendshapes": {k: v for k, v in target.blendshapes.items() if v > 0}},
-        keypoints=np.round(gen.keypoints, 3).tolist(), landmark_map=map_path.name, outputs=outputs,
-        seconds={"analysis": round(t_analysis - started, 2), "load": round(t_load - t_analysis, 2),
-                 "generation": round(t_gen - t_load, 2)},
-        versions={"hifi_portrait": hifi_portrait.__version__, "torch": torch.__version__,
-                  "diffusers": diffusers.__version__},
-    )  # fmt: skip
+        target={
+            "yaw": target.yaw,
+            "pitch": target.pitch,
+            "roll": target.roll,
+            "blendshapes": {k: v for k, v in target.blendshapes.items() if v > 0},
+        },
+        keypoints=np.round(gen.keypoints, 3).tolist(),
+        landmark_map=map_path.name,
+        outputs=outputs,
+        seconds={
+            "analysis": round(t_analysis - started, 2),
+            "load": round(t_load - t_analysis, 2),
+            "generation": round(t_gen - t_load, 2),
+        },
+        versions={
+            "hifi_portrait": hifi_portrait.__version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+        },
+    )
     (out / "settings.json").write_text(json.dumps(settings, indent=1))
     typer.echo(f"wrote {map_path} and {out / 'settings.json'}")

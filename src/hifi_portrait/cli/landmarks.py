@@ -93,9 +93,12 @@ def landmarks(
     pitch: float | None = typer.Option(None, help="Pitch in degrees (> 0: looking up)."),
     roll: float | None = typer.Option(None, help="Roll in degrees (> 0: counter-clockwise in the image)."),
     expression: str | None = typer.Option(
-        None, "--expression", "-e", help="Preset NAME[:INTENSITY]: neutral, smile, laugh, surprise, angry, sad, "
-        "eyes_closed, mouth_open; intensity in [0, 1]."
-    ),  # fmt: skip
+        None,
+        "--expression",
+        "-e",
+        help="Preset NAME[:INTENSITY]: neutral, smile, laugh, surprise, angry, sad, "
+        "eyes_closed, mouth_open; intensity in [0, 1].",
+    ),
     blendshape: list[str] = typer.Option(
         [], "--blendshape", "-b", help="NAME=VALUE, one of the 52 mediapipe blendshapes (repeatable)."
     ),
@@ -111,12 +114,44 @@ def landmarks(
 ) -> None:
     """Generate a landmark map with the references' 3D face shape and the requested pose and expression."""
     with user_errors():
-        _run(refs, out, yaw, pitch, roll, expression, blendshape, driver, size, style, center, face_height, box, fov,
-             sweep, sweep_steps)  # fmt: skip
+        _run(
+            refs,
+            out,
+            yaw,
+            pitch,
+            roll,
+            expression,
+            blendshape,
+            driver,
+            size,
+            style,
+            center,
+            face_height,
+            box,
+            fov,
+            sweep,
+            sweep_steps,
+        )
 
 
-def _run(refs, out, yaw, pitch, roll, expression, blendshape, driver, size, style, center, face_height, box, fov,
-         sweep, sweep_steps) -> None:  # fmt: skip
+def _run(
+    refs,
+    out,
+    yaw,
+    pitch,
+    roll,
+    expression,
+    blendshape,
+    driver,
+    size,
+    style,
+    center,
+    face_height,
+    box,
+    fov,
+    sweep,
+    sweep_steps,
+) -> None:
     from hifi_portrait.landmarks import (
         STYLES,
         IdentityShape,
@@ -180,8 +215,9 @@ def _run(refs, out, yaw, pitch, roll, expression, blendshape, driver, size, styl
 
         driver_face = FaceAnalyzer().analyze(driver)  # FaceNotFoundError -> exit 1 with the file named
     try:
-        target = make_target(yaw=yaw, pitch=pitch, roll=roll, expression=expression, blendshapes=scores or None,
-                             driver=driver_face)  # fmt: skip
+        target = make_target(
+            yaw=yaw, pitch=pitch, roll=roll, expression=expression, blendshapes=scores or None, driver=driver_face
+        )
     except LandmarkError as exc:
         raise ConfigError(f"with the driver {driver}: {exc}") from None
 

@@ -103,8 +103,17 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
 
         typer.echo("[1/3] analysing the reference photos")
-        face_set = analyze(refs, out=out / "analysis", policy="largest", drop_outliers=True, insightface=None,
-                           face_landmarker=None, min_face_px=40.0, min_sharpness=20.0, workers=2)  # fmt: skip
+        face_set = analyze(
+            refs,
+            out=out / "analysis",
+            policy="largest",
+            drop_outliers=True,
+            insightface=None,
+            face_landmarker=None,
+            min_face_px=40.0,
+            min_sharpness=20.0,
+            workers=2,
+        )
         analyses = face_set.analyses
 
         typer.echo(f"[2/3] fitting the identity shape of {len(analyses)} reference(s), rendering control grids")
@@ -140,8 +149,13 @@ def run(
             from hifi_portrait.cli.generate import generate_for_targets
 
             written = generate_for_targets(
-                weights, analyses, [(label, gen) for label, _, gen in targets], prompt=prompt, steps=steps,
-                seed=seed, out=portraits,
-            )  # fmt: skip
+                weights,
+                analyses,
+                [(label, gen) for label, _, gen in targets],
+                prompt=prompt,
+                steps=steps,
+                seed=seed,
+                out=portraits,
+            )
             typer.echo(f"      wrote {len(written)} portrait(s) to {portraits}")
         typer.echo(f"done: results in {out}")

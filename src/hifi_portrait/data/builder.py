@@ -256,8 +256,12 @@ def build_dataset(
     for i, record in enumerate(records):
         reasons = quality_reasons(record, arrays["pose"][i], cfg)
         if reasons:
-            failures[record["key"]] = {"key": record["key"], "label": record["label"], "stage": "quality",
-                                       "reason": "; ".join(reasons)}  # fmt: skip
+            failures[record["key"]] = {
+                "key": record["key"],
+                "label": record["label"],
+                "stage": "quality",
+                "reason": "; ".join(reasons),
+            }
         else:
             passing.append(i)
     models = sorted({records[i]["identity_model"] for i in passing})
@@ -279,8 +283,12 @@ def build_dataset(
     # ---- identities, near-duplicates, small identities
     names, dropped = assign_identities(recs, vectors, cfg, identity_model)
     for j, reason in dropped.items():
-        failures[recs[j]["key"]] = {"key": recs[j]["key"], "label": recs[j]["label"], "stage": "identity",
-                                    "reason": reason}  # fmt: skip
+        failures[recs[j]["key"]] = {
+            "key": recs[j]["key"],
+            "label": recs[j]["label"],
+            "stage": "identity",
+            "reason": reason,
+        }
     ident_list = sorted({n for n in names if n})
     ident_index = {name: n for n, name in enumerate(ident_list)}
     groups = np.array([ident_index[n] if n else -1 for n in names], dtype=np.int64)
@@ -289,8 +297,12 @@ def build_dataset(
         hashes, vectors, quality, groups, cfg.cluster.duplicate_hash_distance, cfg.cluster.duplicate_cosine
     )
     for j in np.flatnonzero(dup_of >= 0):
-        failures[recs[j]["key"]] = {"key": recs[j]["key"], "label": recs[j]["label"], "stage": "duplicate",
-                                    "reason": f"near-duplicate of {recs[int(dup_of[j])]['key']}"}  # fmt: skip
+        failures[recs[j]["key"]] = {
+            "key": recs[j]["key"],
+            "label": recs[j]["label"],
+            "stage": "duplicate",
+            "reason": f"near-duplicate of {recs[int(dup_of[j])]['key']}",
+        }
         groups[j] = -1
     members: dict[int, list[int]] = defaultdict(list)
     for j in np.flatnonzero(groups >= 0):
@@ -300,9 +312,13 @@ def build_dataset(
         rows = sorted(members[g], key=lambda j: recs[j]["key"])
         if len(rows) < cfg.selection.min_images:
             for j in rows:
-                failures[recs[j]["key"]] = {"key": recs[j]["key"], "label": recs[j]["label"], "stage": "identity",
-                                            "reason": f"identity {ident_list[g]} has {len(rows)} usable image(s) "
-                                            f"< selection.min_images {cfg.selection.min_images}"}  # fmt: skip
+                failures[recs[j]["key"]] = {
+                    "key": recs[j]["key"],
+                    "label": recs[j]["label"],
+                    "stage": "identity",
+                    "reason": f"identity {ident_list[g]} has {len(rows)} usable image(s) "
+                    f"< selection.min_images {cfg.selection.min_images}",
+                }
             continue
         identities.append((ident_list[g], rows))
     if not identities:
@@ -324,9 +340,20 @@ def build_dataset(
     # ---- output
     captioner = load_captioner(cfg.captioner)
     kept_meta, written = _write_output(
-        out_dir, cfg, plan, recs, analysed, passing, vectors, pose, blend, item_by_key, captioner, identity_model,
+        out_dir,
+        cfg,
+        plan,
+        recs,
+        analysed,
+        passing,
+        vectors,
+        pose,
+        blend,
+        item_by_key,
+        captioner,
+        identity_model,
         progress,
-    )  # fmt: skip
+    )
     failure_list = _write_failures(out_dir, failures)
     kept_rows = [j for _, rows in plan for j, _ in rows]
     extra = {
@@ -351,7 +378,7 @@ def build_dataset(
             "samples": len(kept_meta),
             "identities": len(plan),
             "excluded": len(failure_list),
-        },  # fmt: skip
+        },
         "files": {str(p.relative_to(out_dir)): sha256_file(p) for p in sorted(files)},
     }
     _shard_view.cache_clear()  # release the memory maps of the analysis shards
@@ -375,8 +402,9 @@ def build_dataset(
     )
 
 
-def _write_output(out_dir, cfg, plan, recs, analysed, passing, vectors, pose, blend, item_by_key, captioner,
-                  identity_model, progress):  # fmt: skip
+def _write_output(
+    out_dir, cfg, plan, recs, analysed, passing, vectors, pose, blend, item_by_key, captioner, identity_model, progress
+):
     """Write the dataset shards and ``identities.jsonl``; return (sample metadata list, files written)."""
     from tqdm.auto import tqdm
 
@@ -440,8 +468,9 @@ def _write_output(out_dir, cfg, plan, recs, analysed, passing, vectors, pose, bl
             _, files = write_parquet_shard(path, shard_dir / "files", samples)
             written += [path, *files]
         for name, _ in chunk:
-            identity_lines.append({"identity": name, "shard": str(path.relative_to(out_dir)),
-                                   "samples": by_identity[name]})  # fmt: skip
+            identity_lines.append(
+                {"identity": name, "shard": str(path.relative_to(out_dir)), "samples": by_identity[name]}
+            )
     bar.close()
     atomic_write(
         out_dir / "identities.jsonl", "".join(json.dumps(x, sort_keys=True) + "\n" for x in identity_lines).encode()

@@ -149,16 +149,25 @@ def build_demo(
         except HiFiPortraitError as exc:
             raise _user_error(exc) from exc
 
-    def on_generate(state, style, source, driver, prompt, negative, seed, steps, id_scale, control_scale,
-                    *target_values):
+    def on_generate(
+        state, style, source, driver, prompt, negative, seed, steps, id_scale, control_scale, *target_values
+    ):
         if generator is None:
             raise gr.Error("Generation is off: model weights are not configured (see the note above the button).")
         try:
             refs = cb.require_references(state)
             target = target_from(source, driver, *target_values)
             landmark_map = cb.render_preview(state, target, landmarks, size=generation_size, style=style)
-            return generator(refs, landmark_map, prompt=prompt, negative_prompt=negative, seed=int(seed),
-                             steps=int(steps), id_scale=float(id_scale), control_scale=float(control_scale))
+            return generator(
+                refs,
+                landmark_map,
+                prompt=prompt,
+                negative_prompt=negative,
+                seed=int(seed),
+                steps=int(steps),
+                id_scale=float(id_scale),
+                control_scale=float(control_scale),
+            )
         except HiFiPortraitError as exc:
             raise _user_error(exc) from exc
 
@@ -177,22 +186,31 @@ def build_demo(
                     elem_id="refs",
                 )
                 warnings = gr.Markdown("Upload 2 to 8 photos of one person.", elem_id="warnings")
-                gallery = gr.Gallery(label="Aligned face crops", columns=4, height=260, elem_id="crops",
-                                     object_fit="contain")
-                table = gr.Dataframe(headers=cb.TABLE_HEADERS, label="Analysis", interactive=False,
-                                     elem_id="analysis-table", wrap=True)
+                gallery = gr.Gallery(
+                    label="Aligned face crops", columns=4, height=260, elem_id="crops", object_fit="contain"
+                )
+                table = gr.Dataframe(
+                    headers=cb.TABLE_HEADERS, label="Analysis", interactive=False, elem_id="analysis-table", wrap=True
+                )
             with gr.Column(scale=1):
-                source = gr.Radio([cb.SOURCE_SLIDERS, cb.SOURCE_DRIVER], value=cb.SOURCE_SLIDERS,
-                                  label="Target pose and expression from", elem_id="source")
+                source = gr.Radio(
+                    [cb.SOURCE_SLIDERS, cb.SOURCE_DRIVER],
+                    value=cb.SOURCE_SLIDERS,
+                    label="Target pose and expression from",
+                    elem_id="source",
+                )
                 with gr.Row():
-                    yaw = gr.Slider(-60, 60, value=0, step=1, label="yaw°", info="+ = turns to image right",
-                                    elem_id="yaw")
+                    yaw = gr.Slider(
+                        -60, 60, value=0, step=1, label="yaw°", info="+ = turns to image right", elem_id="yaw"
+                    )
                     pitch = gr.Slider(-30, 30, value=0, step=1, label="pitch°", info="+ = looks up", elem_id="pitch")
-                    roll = gr.Slider(-30, 30, value=0, step=1, label="roll°", info="+ = counter-clockwise",
-                                     elem_id="roll")
+                    roll = gr.Slider(
+                        -30, 30, value=0, step=1, label="roll°", info="+ = counter-clockwise", elem_id="roll"
+                    )
                 with gr.Row():
-                    preset = gr.Dropdown(list(landmarks.presets), value="neutral", label="expression preset",
-                                         elem_id="preset")
+                    preset = gr.Dropdown(
+                        list(landmarks.presets), value="neutral", label="expression preset", elem_id="preset"
+                    )
                     intensity = gr.Slider(0, 1, value=1, step=0.05, label="intensity", elem_id="intensity")
                 with gr.Accordion("Blendshapes (added to the preset)", open=False):
                     bs_sliders = [
@@ -200,13 +218,16 @@ def build_demo(
                         for label in slider_labels
                     ]
                 with gr.Accordion("Driver photo (copy its pose and expression, not its face)", open=False):
-                    driver = gr.Image(type="filepath", label="driver photo", sources=["upload"], height=200,
-                                      elem_id="driver")
+                    driver = gr.Image(
+                        type="filepath", label="driver photo", sources=["upload"], height=200, elem_id="driver"
+                    )
                     driver_info = gr.Markdown("No driver photo: the sliders set the target.", elem_id="driver-info")
-                style = gr.Dropdown(list(landmarks.styles), value=landmarks.styles[0], label="landmark map style",
-                                    elem_id="style")
-                preview = gr.Image(label="Landmark map (live)", format="png", interactive=False, height=360,
-                                   elem_id="preview")
+                style = gr.Dropdown(
+                    list(landmarks.styles), value=landmarks.styles[0], label="landmark map style", elem_id="style"
+                )
+                preview = gr.Image(
+                    label="Landmark map (live)", format="png", interactive=False, height=360, elem_id="preview"
+                )
         with gr.Accordion("Generate", open=True):
             with gr.Row():
                 prompt = gr.Textbox("a professional studio portrait photo, soft light", label="prompt", scale=3)
@@ -217,35 +238,71 @@ def build_demo(
                 id_scale = gr.Slider(0, 1.5, value=1.0, step=0.05, label="identity scale")
                 control_scale = gr.Slider(0, 1.5, value=0.8, step=0.05, label="landmark control scale")
             gr.Markdown(weights_help_markdown(missing), elem_id="weights-status", visible=bool(missing))
-            generate_btn = gr.Button("Generate", variant="primary", interactive=generator is not None,
-                                     elem_id="generate")
+            generate_btn = gr.Button(
+                "Generate", variant="primary", interactive=generator is not None, elem_id="generate"
+            )
             output = gr.Image(label="Portrait", format="png", interactive=False, elem_id="output")
 
         target_inputs = [yaw, pitch, roll, preset, intensity, *bs_sliders]
         preview_inputs = [state, style, source, driver_state, *target_inputs]
         preview_kwargs = dict(
-            fn=on_preview, inputs=preview_inputs, outputs=preview, show_progress="hidden",
-            trigger_mode="always_last", concurrency_limit=2, concurrency_id="preview",
+            fn=on_preview,
+            inputs=preview_inputs,
+            outputs=preview,
+            show_progress="hidden",
+            trigger_mode="always_last",
+            concurrency_limit=2,
+            concurrency_id="preview",
         )
 
-        analysis = refs.change(on_analyze, inputs=refs, outputs=[state, gallery, table, warnings],
-                               api_name="analyze", concurrency_limit=1, concurrency_id="analyzer")
+        analysis = refs.change(
+            on_analyze,
+            inputs=refs,
+            outputs=[state, gallery, table, warnings],
+            api_name="analyze",
+            concurrency_limit=1,
+            concurrency_id="analyzer",
+        )
         analysis.then(api_visibility="private", **preview_kwargs)
-        driver_event = driver.change(on_driver, inputs=driver, outputs=[driver_state, driver_info, source],
-                                     api_visibility="private", concurrency_limit=1, concurrency_id="analyzer")
+        driver_event = driver.change(
+            on_driver,
+            inputs=driver,
+            outputs=[driver_state, driver_info, source],
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id="analyzer",
+        )
         driver_event.then(api_visibility="private", **preview_kwargs)
         gr.on([c.change for c in (style, source, *target_inputs)], api_name="preview", **preview_kwargs)
         # while a driver photo sets the target, the pose/expression controls are greyed out
         source.change(
             lambda src: [gr.update(interactive=src != cb.SOURCE_DRIVER) for _ in target_inputs],
-            inputs=source, outputs=target_inputs, api_visibility="private", queue=False, show_progress="hidden",
+            inputs=source,
+            outputs=target_inputs,
+            api_visibility="private",
+            queue=False,
+            show_progress="hidden",
         )
         demo.load(api_visibility="private", **preview_kwargs)
         generate_btn.click(
             on_generate,
-            inputs=[state, style, source, driver_state, prompt, negative, seed, steps, id_scale, control_scale,
-                    *target_inputs],
-            outputs=output, api_name="generate", concurrency_limit=1, concurrency_id="generate",
+            inputs=[
+                state,
+                style,
+                source,
+                driver_state,
+                prompt,
+                negative,
+                seed,
+                steps,
+                id_scale,
+                control_scale,
+                *target_inputs,
+            ],
+            outputs=output,
+            api_name="generate",
+            concurrency_limit=1,
+            concurrency_id="generate",
         )
 
     demo.queue(max_size=limits.max_queue, default_concurrency_limit=1)

@@ -299,6 +299,7 @@ def require_references(state: ReferenceState | None) -> list[FaceAnalysis]:
     """The references kept for generation, or :class:`NoUsableReferencesError` telling the user what to do."""
     kept = state.kept if state is not None else []
     if not kept:
-        raise NoUsableReferencesError("no usable reference photo yet: upload photos of one person and wait for "
-                                      "the analysis before generating.")
+        raise NoUsableReferencesError(
+            "no usable reference photo yet: upload photos of one person and wait for the analysis before generating."
+        )
     return kept

@@ -161,8 +161,9 @@ def load_pipeline(weights: WeightsConfig, device: str = "cpu") -> Any:
     """
     from hifi_portrait.pipelines.model_files import load_pipeline as load
 
-    pipe = load(weights.base, weights.adapter, weights.image_encoder, fp16=str(device).startswith("cuda"),
-                device=device)  # fmt: skip
+    pipe = load(
+        weights.base, weights.adapter, weights.image_encoder, fp16=str(device).startswith("cuda"), device=device
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

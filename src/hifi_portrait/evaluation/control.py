@@ -74,9 +74,7 @@ def expression_error(commanded: Mapping[str, float], measured: Mapping[str, floa
     return float(np.mean([abs(float(measured[k]) - float(v)) for k, v in commanded.items()]))
 
 
-def landmark_nme(
-    predicted: np.ndarray, target: np.ndarray, eye_indices: tuple[int, int] | None = None
-) -> float:
+def landmark_nme(predicted: np.ndarray, target: np.ndarray, eye_indices: tuple[int, int] | None = None) -> float:
     """Normalized mean error of 2-D landmarks (the NME of face-alignment benchmarks such as 300-W / WFLW).
 
     ``NME = mean_i ||p_i - t_i||_2 / d``, where ``d`` is the distance between the two normalizing points of the

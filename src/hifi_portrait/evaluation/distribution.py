@@ -82,7 +82,7 @@ def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased estimator of the squared MMD with :func:`polynomial_kernel` (Gretton et al. 2012, eq. 3)::
 
-        1/(m(m-1)) sum_{i!=j} k(x_i, x_j) + 1/(n(n-1)) sum_{i!=j} k(y_i, y_j) - 2/(mn) sum_{i,j} k(x_i, y_j)
+    1/(m(m-1)) sum_{i!=j} k(x_i, x_j) + 1/(n(n-1)) sum_{i!=j} k(y_i, y_j) - 2/(mn) sum_{i,j} k(x_i, y_j)
     """
     m, n = len(x), len(y)
     if m < 2 or n < 2:

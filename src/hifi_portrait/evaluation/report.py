@@ -88,9 +88,7 @@ def _markdown(result: EvaluationResult) -> str:
         keys += extra
         parts.append("\n## Per entry\n\n| entry | " + " | ".join(keys) + " |\n" + "|---" * (len(keys) + 1) + "|\n")
         for e in result.entries:
-            cells = [
-                f"{e[k]:.3f}" if isinstance(e.get(k), float) else str(e.get(k, "-")) for k in keys
-            ]
+            cells = [f"{e[k]:.3f}" if isinstance(e.get(k), float) else str(e.get(k, "-")) for k in keys]
             parts.append(f"| {e['entry']} | " + " | ".join(cells) + " |\n")
     if result.notices:
         parts.append("\n## Notices\n\n" + "".join(f"- {n}\n" for n in result.notices))
@@ -193,7 +191,8 @@ def write_comparison(results: Sequence[EvaluationResult], out_dir: str | os.Path
     files = {"markdown": out / "comparison.md", "csv": out / "comparison.csv"}
     notices = "".join(f"- **{r.method}**: {n}\n" for r in results for n in r.notices)
     files["markdown"].write_text(
-        f"# Comparison on `{results[0].manifest}`\n\n" + markdown_table(results)
+        f"# Comparison on `{results[0].manifest}`\n\n"
+        + markdown_table(results)
         + ("\n## Notices\n\n" + notices if notices else ""),
         encoding="utf-8",
     )

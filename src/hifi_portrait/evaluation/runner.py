@@ -252,8 +252,9 @@ class Evaluator:
         usable = [r for r in refs if r.face is not None]
         for rec in self.recognizers:
             if len(usable) >= 2:
-                sims = cosine_similarity(np.stack([r.identity[rec.name] for r in usable]),
-                                         np.stack([r.identity[rec.name] for r in usable]))
+                sims = cosine_similarity(
+                    np.stack([r.identity[rec.name] for r in usable]), np.stack([r.identity[rec.name] for r in usable])
+                )
                 out[f"ref_self_sim[{rec.name}]"] = float(sims[np.triu_indices(len(usable), 1)].mean())
         return out
 
@@ -300,8 +301,18 @@ class Evaluator:
             "n_detected": detected,
             "detection_rate": detected / n if n else float("nan"),
         }
-        skip = {"entry", "image", "face_detected", "failure", "cmd_yaw", "cmd_pitch", "cmd_roll", "yaw", "pitch",
-                "roll"}
+        skip = {
+            "entry",
+            "image",
+            "face_detected",
+            "failure",
+            "cmd_yaw",
+            "cmd_pitch",
+            "cmd_roll",
+            "yaw",
+            "pitch",
+            "roll",
+        }
         keys = sorted({k for r in rows for k in r if k not in skip})
         for key in keys:
             vals = np.array([r[key] for r in rows if key in r and r[key] is not None], dtype=np.float64)
@@ -323,8 +334,11 @@ class Evaluator:
         from hifi_portrait.evaluation.inception import inception_features
         from hifi_portrait.face import load_image
 
-        gen_images = [a.image for p in sorted({p for v in generated.values() for p in v})
-                      if (a := self.analyze(p)).image is not None]
+        gen_images = [
+            a.image
+            for p in sorted({p for v in generated.values() for p in v})
+            if (a := self.analyze(p)).image is not None
+        ]
         real_paths = sorted(p for p in self.fid_reference_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         real_images = []
         for p in real_paths:
@@ -333,8 +347,9 @@ class Evaluator:
             except ImageLoadError as exc:
                 logger.warning("FID reference skipped: %s", exc)
         if len(gen_images) < 2 or len(real_images) < 2:
-            notices.append(f"FID/KID skipped: need 2+ images per set (generated {len(gen_images)}, "
-                           f"real {len(real_images)})")
+            notices.append(
+                f"FID/KID skipped: need 2+ images per set (generated {len(gen_images)}, real {len(real_images)})"
+            )
             return {}
         fg = inception_features(self.inception, gen_images)
         fr = inception_features(self.inception, real_images)

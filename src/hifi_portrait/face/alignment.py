@@ -59,8 +59,12 @@ def alignment_affine(keypoints: np.ndarray, size: int, zoom: float = 1.0) -> np.
 def warp(image: np.ndarray, affine: np.ndarray, size: int, border_value: int | tuple = 0) -> np.ndarray:
     """Warp ``image`` (``(H, W)`` or ``(H, W, C)``) with ``affine`` to a ``size`` x ``size`` crop (bilinear)."""
     return cv2.warpAffine(
-        image, np.asarray(affine, dtype=np.float64), (size, size), flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=border_value,
+        image,
+        np.asarray(affine, dtype=np.float64),
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=border_value,
     )
 
 

@@ -155,8 +155,11 @@ class RetinaFaceDetector:
         idx = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold, self.nms_threshold)
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         faces = [
-            Detection(bbox=(boxes[i] / scale).astype(np.float64), score=float(scores[i]),
-                      keypoints=(kps[i] / scale).astype(np.float64))
+            Detection(
+                bbox=(boxes[i] / scale).astype(np.float64),
+                score=float(scores[i]),
+                keypoints=(kps[i] / scale).astype(np.float64),
+            )
             for i in idx
         ]
         faces.sort(key=lambda d: d.area, reverse=True)

@@ -128,15 +128,25 @@ def read_dlib_resnet(path: str | Path) -> dict:
             fc = params.reshape(params.shape[0], params.shape[1]).copy()
             break
     if len(convs) != 29 or len(affines) != 29 or fc is None:
-        raise ValueError(f"{path}: expected 29 convolutions, 29 affines and a linear layer, got "
-                         f"{len(convs)}, {len(affines)}, {fc is not None}")
+        raise ValueError(
+            f"{path}: expected 29 convolutions, 29 affines and a linear layer, got "
+            f"{len(convs)}, {len(affines)}, {fc is not None}"
+        )
     return {"mean": np.array(mean, dtype=np.float32), "convs": convs, "affines": affines, "fc": fc}
 
 
 def _stages() -> list[tuple[int, bool]]:
     """(channels, is_down_block) of the 16 residual blocks in forward order."""
-    return ([(32, False)] * 3 + [(64, True)] + [(64, False)] * 3 + [(128, True)] + [(128, False)] * 2
-            + [(256, True)] + [(256, False)] * 2 + [(256, True)])
+    return (
+        [(32, False)] * 3
+        + [(64, True)]
+        + [(64, False)] * 3
+        + [(128, True)]
+        + [(128, False)] * 2
+        + [(256, True)]
+        + [(256, False)] * 2
+        + [(256, True)]
+    )
 
 
 class DlibResNetTorch:
@@ -159,8 +169,10 @@ class DlibResNetTorch:
             (torch.from_numpy(c.weight.copy()), torch.from_numpy(c.bias), c.stride, c.padding)
             for c in weights["convs"]
         ]
-        self.affines = [(torch.from_numpy(g).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1))
-                        for g, b in weights["affines"]]
+        self.affines = [
+            (torch.from_numpy(g).view(1, -1, 1, 1), torch.from_numpy(b).view(1, -1, 1, 1))
+            for g, b in weights["affines"]
+        ]
         # for inference each affine (dlib's frozen batch norm) is folded into its conv, and the weights are kept in
         # channels-last layout (about 25 % faster on CPU than the default layout)
         self._fused = []
@@ -222,5 +234,3 @@ class DlibResNetTorch:
             x = x.mean(dim=(2, 3))
             out = x @ self.fc
         return out.numpy().astype(np.float32)
-
-

@@ -84,8 +84,10 @@ class FaceSet:
             raise NoUsableReferencesError("no reference face to build a face set from; give at least one usable photo")
         models = {a.identity_model for a in analyses}
         if len(models) > 1:
-            raise ConfigError(f"references were embedded with different identity models {sorted(models)}; re-run them "
-                              "with one FaceAnalyzer")
+            raise ConfigError(
+                f"references were embedded with different identity models {sorted(models)}; re-run them "
+                "with one FaceAnalyzer"
+            )
         model = analyses[0].identity_model
         thr = same_person_threshold(model) if threshold is None else float(threshold)
         emb = np.stack([l2_normalize(a.identity) for a in analyses]).astype(np.float64)
@@ -102,7 +104,9 @@ class FaceSet:
         elif n == 2 and sim[0, 1] < thr:
             logger.warning(
                 "the two references have identity similarity %.3f < %.2f: they are probably different people "
-                "(add a third photo to tell which one differs)", sim[0, 1], thr
+                "(add a third photo to tell which one differs)",
+                sim[0, 1],
+                thr,
             )
         keep = [i for i in range(n) if i not in outliers] or list(range(n))
         weights = np.array([max(analyses[i].quality.total, 1e-6) for i in keep])
@@ -110,10 +114,19 @@ class FaceSet:
         for i in outliers:
             logger.warning(
                 "reference %s is probably not the same person as the others (median similarity %.3f < %.2f)",
-                analyses[i].source, median[i], thr,
+                analyses[i].source,
+                median[i],
+                thr,
             )
-        return cls(analyses=analyses, similarity=sim.astype(np.float32), outliers=outliers, threshold=thr,
-                   fused_identity=fused, identity_model=model, median_similarity=median.astype(np.float32))
+        return cls(
+            analyses=analyses,
+            similarity=sim.astype(np.float32),
+            outliers=outliers,
+            threshold=thr,
+            fused_identity=fused,
+            identity_model=model,
+            median_similarity=median.astype(np.float32),
+        )
 
     def __len__(self) -> int:
         return len(self.analyses)
@@ -126,8 +139,9 @@ class FaceSet:
         """A new set without the outliers (recomputed). Raises NoUsableReferencesError if none would remain."""
         kept = [a for i, a in enumerate(self.analyses) if i not in self.outliers]
         if not kept:
-            raise NoUsableReferencesError("every reference was flagged as an outlier; check that the photos show "
-                                          "one person")
+            raise NoUsableReferencesError(
+                "every reference was flagged as an outlier; check that the photos show one person"
+            )
         return FaceSet.from_analyses(kept, threshold=self.threshold)
 
     # ------------------------------------------------------------------ serialization
@@ -154,8 +168,12 @@ class FaceSet:
             stems.append(stem)
         meta = self.summary() | {"faces": stems}
         (root / "faceset.json").write_text(json.dumps(meta, indent=2))
-        np.savez_compressed(root / "faceset.npz", similarity=self.similarity, fused_identity=self.fused_identity,
-                            median_similarity=self.median_similarity)
+        np.savez_compressed(
+            root / "faceset.npz",
+            similarity=self.similarity,
+            fused_identity=self.fused_identity,
+            median_similarity=self.median_similarity,
+        )
         return root / "faceset.json"
 
     @classmethod
@@ -166,6 +184,12 @@ class FaceSet:
         analyses = [FaceAnalysis.load(root / stem) for stem in meta["faces"]]
         with np.load(root / "faceset.npz", allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        return cls(analyses=analyses, similarity=arrays["similarity"], outliers=[int(i) for i in meta["outliers"]],
-                   threshold=float(meta["threshold"]), fused_identity=arrays["fused_identity"],
-                   identity_model=meta["identity_model"], median_similarity=arrays["median_similarity"])
+        return cls(
+            analyses=analyses,
+            similarity=arrays["similarity"],
+            outliers=[int(i) for i in meta["outliers"]],
+            threshold=float(meta["threshold"]),
+            fused_identity=arrays["fused_identity"],
+            identity_model=meta["identity_model"],
+            median_similarity=arrays["median_similarity"],
+        )

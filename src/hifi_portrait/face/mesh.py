@@ -198,8 +198,12 @@ class MediaPipeLandmarker:
 
         affine, side = face_crop_affine(detection, self.crop_scale, self.crop_size)
         crop = cv2.warpAffine(
-            image, affine, (self.crop_size, self.crop_size), flags=cv2.INTER_AREA if side > self.crop_size
-            else cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+            image,
+            affine,
+            (self.crop_size, self.crop_size),
+            flags=cv2.INTER_AREA if side > self.crop_size else cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(0, 0, 0),
         )
         result = self._get().detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(crop)))
         if not result.face_landmarks:
@@ -225,5 +229,6 @@ class MediaPipeLandmarker:
             c.category_name: float(c.score) for c in result.face_blendshapes[best] if c.category_name != "_neutral"
         }
         transform = np.asarray(result.facial_transformation_matrixes[best], dtype=np.float64).reshape(4, 4)
-        return MeshResult(landmarks=landmarks, blendshapes=blendshapes, transform=transform,
-                          pose=pose_from_matrix(transform))
+        return MeshResult(
+            landmarks=landmarks, blendshapes=blendshapes, transform=transform, pose=pose_from_matrix(transform)
+        )

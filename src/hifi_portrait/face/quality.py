@@ -75,9 +75,7 @@ def compute_quality(
     parts = {
         "size": float(min(1.0, face_px / cfg.good_face_px)),
         "sharpness": float(1.0 - np.exp(-lap / cfg.sharpness_ref)),
-        "frontalness": float(
-            max(0.0, np.cos(np.radians(pose.yaw))) * max(0.0, np.cos(np.radians(pose.pitch)))
-        ),
+        "frontalness": float(max(0.0, np.cos(np.radians(pose.yaw))) * max(0.0, np.cos(np.radians(pose.pitch)))),
         "confidence": float(np.clip(det_score, 0.0, 1.0)),
     }
     weights = {k: float(cfg.weights.get(k, 0.0)) for k in parts}

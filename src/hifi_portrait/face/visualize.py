@@ -37,8 +37,9 @@ def landmark_overlay(image: np.ndarray, analysis: FaceAnalysis, max_side: int = 
     p = analysis.pose
     text = f"yaw {p.yaw:+.1f}  pitch {p.pitch:+.1f}  roll {p.roll:+.1f}  q {analysis.quality.total:.2f}"
     font = _font(max(12, pil.width // 40))
-    draw.text((x1, max(0.0, y1 - font.size - 4)), text, fill=(255, 255, 0), font=font, stroke_width=2,
-              stroke_fill=(0, 0, 0))
+    draw.text(
+        (x1, max(0.0, y1 - font.size - 4)), text, fill=(255, 255, 0), font=font, stroke_width=2, stroke_fill=(0, 0, 0)
+    )
     return pil
 
 
@@ -74,6 +75,10 @@ def contact_sheet(
             + ("  OUTLIER" if i in flagged else ""),
         ]
         for j, line in enumerate(lines):
-            draw.text((x0 + 4, y0 + tile + 2 + 17 * j), line, fill=(255, 90, 90) if i in flagged else (230, 230, 230),
-                      font=font)
+            draw.text(
+                (x0 + 4, y0 + tile + 2 + 17 * j),
+                line,
+                fill=(255, 90, 90) if i in flagged else (230, 230, 230),
+                font=font,
+            )
     return sheet

@@ -28,16 +28,58 @@ from hifi_portrait.landmarks import mesh as M
 #: The blendshape names mediapipe's model scores, in its order: its 52 categories are ``_neutral`` (ignored here)
 #: and these 51 ARKit shapes (ARKit's 52nd, ``tongueOut``, is not among them).
 BLENDSHAPE_NAMES: tuple[str, ...] = (
-    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
-    "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight",
-    "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight",
-    "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen",
-    "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight",
-    "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight",
-    "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
-    "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft",
-    "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
-)  # fmt: skip
+    "browDownLeft",
+    "browDownRight",
+    "browInnerUp",
+    "browOuterUpLeft",
+    "browOuterUpRight",
+    "cheekPuff",
+    "cheekSquintLeft",
+    "cheekSquintRight",
+    "eyeBlinkLeft",
+    "eyeBlinkRight",
+    "eyeLookDownLeft",
+    "eyeLookDownRight",
+    "eyeLookInLeft",
+    "eyeLookInRight",
+    "eyeLookOutLeft",
+    "eyeLookOutRight",
+    "eyeLookUpLeft",
+    "eyeLookUpRight",
+    "eyeSquintLeft",
+    "eyeSquintRight",
+    "eyeWideLeft",
+    "eyeWideRight",
+    "jawForward",
+    "jawLeft",
+    "jawOpen",
+    "jawRight",
+    "mouthClose",
+    "mouthDimpleLeft",
+    "mouthDimpleRight",
+    "mouthFrownLeft",
+    "mouthFrownRight",
+    "mouthFunnel",
+    "mouthLeft",
+    "mouthLowerDownLeft",
+    "mouthLowerDownRight",
+    "mouthPressLeft",
+    "mouthPressRight",
+    "mouthPucker",
+    "mouthRight",
+    "mouthRollLower",
+    "mouthRollUpper",
+    "mouthShrugLower",
+    "mouthShrugUpper",
+    "mouthSmileLeft",
+    "mouthSmileRight",
+    "mouthStretchLeft",
+    "mouthStretchRight",
+    "mouthUpperUpLeft",
+    "mouthUpperUpRight",
+    "noseSneerLeft",
+    "noseSneerRight",
+)
 BLENDSHAPE_INDEX = {name: i for i, name in enumerate(BLENDSHAPE_NAMES)}
 
 
@@ -50,20 +92,31 @@ PRESETS: dict[str, dict[str, float]] = {
     "neutral": {},
     "smile": {**_both("mouthSmile", 0.8), **_both("cheekSquint", 0.3), **_both("eyeSquint", 0.15)},
     "laugh": {
-        **_both("mouthSmile", 1.0), "jawOpen": 0.35, **_both("mouthUpperUp", 0.3), **_both("mouthLowerDown", 0.3),
-        **_both("cheekSquint", 0.5), **_both("eyeSquint", 0.4),
+        **_both("mouthSmile", 1.0),
+        "jawOpen": 0.35,
+        **_both("mouthUpperUp", 0.3),
+        **_both("mouthLowerDown", 0.3),
+        **_both("cheekSquint", 0.5),
+        **_both("eyeSquint", 0.4),
     },
     "surprise": {
-        "browInnerUp": 0.9, **_both("browOuterUp", 0.8), **_both("eyeWide", 0.8), "jawOpen": 0.35, "mouthFunnel": 0.2,
+        "browInnerUp": 0.9,
+        **_both("browOuterUp", 0.8),
+        **_both("eyeWide", 0.8),
+        "jawOpen": 0.35,
+        "mouthFunnel": 0.2,
     },
     "angry": {
-        **_both("browDown", 0.9), **_both("eyeSquint", 0.4), **_both("mouthPress", 0.5), **_both("mouthFrown", 0.3),
+        **_both("browDown", 0.9),
+        **_both("eyeSquint", 0.4),
+        **_both("mouthPress", 0.5),
+        **_both("mouthFrown", 0.3),
         **_both("noseSneer", 0.3),
     },
     "sad": {"browInnerUp": 0.7, **_both("mouthFrown", 0.8), "mouthShrugLower": 0.3, **_both("eyeLookDown", 0.3)},
     "eyes_closed": {**_both("eyeBlink", 1.0)},
     "mouth_open": {"jawOpen": 0.6, **_both("mouthLowerDown", 0.2)},
-}  # fmt: skip
+}
 
 
 def scores_to_vector(scores: Mapping[str, float]) -> np.ndarray:
@@ -203,19 +256,47 @@ def expression_basis(shape: np.ndarray) -> np.ndarray:
 
     # --- eyes and brows
     eyes = (
-        ("Left", 1.0, M.UPPER_LID_L, M.LOWER_LID_L, M.UPPER_LID_RING_L, M.LOWER_LID_RING_L, M.LEFT_IRIS, M.BROW_L,
-         M.BROW_INNER_L, M.BROW_OUTER_L),
-        ("Right", -1.0, M.UPPER_LID_R, M.LOWER_LID_R, M.UPPER_LID_RING_R, M.LOWER_LID_RING_R, M.RIGHT_IRIS, M.BROW_R,
-         M.BROW_INNER_R, M.BROW_OUTER_R),
-    )  # fmt: skip
+        (
+            "Left",
+            1.0,
+            M.UPPER_LID_L,
+            M.LOWER_LID_L,
+            M.UPPER_LID_RING_L,
+            M.LOWER_LID_RING_L,
+            M.LEFT_IRIS,
+            M.BROW_L,
+            M.BROW_INNER_L,
+            M.BROW_OUTER_L,
+        ),
+        (
+            "Right",
+            -1.0,
+            M.UPPER_LID_R,
+            M.LOWER_LID_R,
+            M.UPPER_LID_RING_R,
+            M.LOWER_LID_RING_R,
+            M.RIGHT_IRIS,
+            M.BROW_R,
+            M.BROW_INNER_R,
+            M.BROW_OUTER_R,
+        ),
+    )
     for side, sign, upper, lower, upper_ring, lower_ring, iris, brow, brow_inner, brow_outer in eyes:
         upper, lower, upper_ring, lower_ring = (np.array(x[1:-1]) for x in (upper, lower, upper_ring, lower_ring))
         gap = p[upper, 1] - p[lower, 1]  # per-column aperture of this shape's eye (>= 0 when open)
         gap = np.maximum(gap, 0.05 * unit)
         ring_gap = np.maximum(p[upper_ring, 1] - p[lower_ring, 1], gap)
 
-        def lids(up: float, low: float, ring: float = 0.5, upper=upper, lower=lower, upper_ring=upper_ring,
-                 lower_ring=lower_ring, gap=gap) -> np.ndarray:  # fmt: skip
+        def lids(
+            up: float,
+            low: float,
+            ring: float = 0.5,
+            upper=upper,
+            lower=lower,
+            upper_ring=upper_ring,
+            lower_ring=lower_ring,
+            gap=gap,
+        ) -> np.ndarray:
             d = np.zeros((n, 3))
             d[upper, 1] += up * gap
             d[lower, 1] += low * gap

@@ -148,8 +148,15 @@ def _measured_rotation(points2d: np.ndarray, camera: PinholeCamera, rot_guess: n
     idx = _stable_indices()
     model = np.ascontiguousarray(M.canonical_mesh().vertices[idx] @ FLIP_YZ)
     rvec = cv2.Rodrigues(FLIP_YZ @ rot_guess @ FLIP_YZ)[0]
-    ok, rvec, _ = cv2.solvePnP(model, np.ascontiguousarray(points2d[idx]), camera.matrix, None, rvec,
-                               np.asarray(t_guess, dtype=np.float64).reshape(3, 1).copy(), True)  # fmt: skip
+    ok, rvec, _ = cv2.solvePnP(
+        model,
+        np.ascontiguousarray(points2d[idx]),
+        camera.matrix,
+        None,
+        rvec,
+        np.asarray(t_guess, dtype=np.float64).reshape(3, 1).copy(),
+        True,
+    )
     return FLIP_YZ @ cv2.Rodrigues(rvec)[0] @ FLIP_YZ if ok else rot_guess
 
 

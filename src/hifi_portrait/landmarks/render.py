@@ -45,16 +45,24 @@ _CRUCIBLE_PUPILS = {M.RIGHT_IRIS_CENTER: (250, 200, 10), M.LEFT_IRIS_CENTER: (10
 
 # ---- mediapipe default face-mesh style (RGB), used by the "mesh" preview style
 _MESH_CONTOURS = {
-    "lips": (224, 224, 224), "left_eye": (48, 255, 48), "left_eyebrow": (48, 255, 48), "right_eye": (255, 48, 48),
-    "right_eyebrow": (255, 48, 48), "face_oval": (224, 224, 224), "left_iris": (48, 255, 48),
+    "lips": (224, 224, 224),
+    "left_eye": (48, 255, 48),
+    "left_eyebrow": (48, 255, 48),
+    "right_eye": (255, 48, 48),
+    "right_eyebrow": (255, 48, 48),
+    "face_oval": (224, 224, 224),
+    "left_iris": (48, 255, 48),
     "right_iris": (255, 48, 48),
-}  # fmt: skip
+}
 
 # ---- our style: contour colours (RGB) drawn over the normal-coloured mesh
 _HIFI_CONTOURS = {
-    "lips": (255, 255, 255), "left_eye": (255, 255, 0), "right_eye": (0, 255, 255),
-    "left_eyebrow": (255, 128, 0), "right_eyebrow": (255, 0, 128),
-}  # fmt: skip
+    "lips": (255, 255, 255),
+    "left_eye": (255, 255, 0),
+    "right_eye": (0, 255, 255),
+    "left_eyebrow": (255, 128, 0),
+    "right_eyebrow": (255, 0, 128),
+}
 _HIFI_IRIS = {M.LEFT_IRIS: (255, 255, 0), M.RIGHT_IRIS: (0, 255, 255)}
 
 
@@ -223,9 +231,13 @@ def from_detected(landmarks: np.ndarray, size: tuple[int, int]) -> GeneratedLand
     points_cam = np.stack([pts[:, 0] - w / 2, pts[:, 1] - h / 2, pts[:, 2] + far], axis=1)
     normals = vertex_normals(points_cam, M.canonical_mesh().triangles)
     return GeneratedLandmarks(
-        landmarks=pts, points_cam=points_cam, normals_cam=normals, camera=PinholeCamera(w, h),
-        rotation=np.eye(3), target=TargetAttributes(),
-    )  # fmt: skip
+        landmarks=pts,
+        points_cam=points_cam,
+        normals_cam=normals,
+        camera=PinholeCamera(w, h),
+        rotation=np.eye(3),
+        target=TargetAttributes(),
+    )
 
 
 def render_detected(landmarks: np.ndarray, size: tuple[int, int], style: str = "hifi") -> np.ndarray:

@@ -71,15 +71,24 @@ class IdentityShape:
         """Write a ``.npz`` file (no pickle) that :meth:`load` reads back."""
         path = Path(path).with_suffix(".npz")
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, points=self.points, weights=self.weights, residuals=self.residuals,
-                 sources=np.array(self.sources, dtype=str))  # fmt: skip
+        np.savez(
+            path,
+            points=self.points,
+            weights=self.weights,
+            residuals=self.residuals,
+            sources=np.array(self.sources, dtype=str),
+        )
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> IdentityShape:
         with np.load(Path(path), allow_pickle=False) as data:
-            return cls(points=data["points"], weights=data["weights"], residuals=data["residuals"],
-                       sources=[str(s) for s in data["sources"]])  # fmt: skip
+            return cls(
+                points=data["points"],
+                weights=data["weights"],
+                residuals=data["residuals"],
+                sources=[str(s) for s in data["sources"]],
+            )
 
 
 def to_model_space(landmarks_px: np.ndarray) -> np.ndarray:

@@ -208,7 +208,5 @@ def read_adapter_file(path: str | Path) -> AdapterFile:
         else:
             stray.append(key)
     if stray:
-        raise WeightsMismatchError(
-            f"{path} has unexpected keys outside the declared parts {parts}: {_listing(stray)}"
-        )
+        raise WeightsMismatchError(f"{path} has unexpected keys outside the declared parts {parts}: {_listing(stray)}")
     return out

@@ -153,23 +153,30 @@ def convert_instantid_checkpoint(
         raise ConfigError("the output would overwrite the input")
     raw = _safe_torch_load(src)
     if not isinstance(raw, dict):
-        raise WeightsMismatchError(f"{src} holds a {type(raw).__name__}, expected a dict with 'image_proj' and "
-                                   f"'ip_adapter'. {_WHERE}.")  # fmt: skip
+        raise WeightsMismatchError(
+            f"{src} holds a {type(raw).__name__}, expected a dict with 'image_proj' and 'ip_adapter'. {_WHERE}."
+        )
     absent = [k for k in ("image_proj", "ip_adapter") if k not in raw]
     extra = [str(k) for k in raw if k not in ("image_proj", "ip_adapter")]
     if absent or extra:
         problems = ([f"missing parts: {', '.join(absent)}"] if absent else []) + (
             [f"unexpected parts: {_listing(extra)}"] if extra else []
         )
-        raise WeightsMismatchError(f"{src} is not an InstantID ip-adapter checkpoint ({'; '.join(problems)}); "
-                                   f"found parts {_listing([str(k) for k in raw])}. {_WHERE}.")  # fmt: skip
+        raise WeightsMismatchError(
+            f"{src} is not an InstantID ip-adapter checkpoint ({'; '.join(problems)}); "
+            f"found parts {_listing([str(k) for k in raw])}. {_WHERE}."
+        )
     proj_sd = _tensor_dict(raw["image_proj"], "image_proj", src)
     ip_sd = _tensor_dict(raw["ip_adapter"], "ip_adapter", src)
 
     config = projection_config_from_state_dict(proj_sd)
     model = InstantIDImageProjection(**config)
-    check_state_dict({k: v.shape for k, v in model.state_dict().items()}, {k: v.shape for k, v in proj_sd.items()},
-                     "image_proj", str(src))  # fmt: skip
+    check_state_dict(
+        {k: v.shape for k, v in model.state_dict().items()},
+        {k: v.shape for k, v in proj_sd.items()},
+        "image_proj",
+        str(src),
+    )
     bad = [f"ip_adapter.{k}" for k in ip_sd if not _IP_KEY.match(k)]
     if bad:
         raise WeightsMismatchError(
@@ -294,8 +301,12 @@ def load_instantid(
     dtype = dtype if dtype is not None else unet.dtype
 
     model = InstantIDImageProjection(**config)
-    check_state_dict({k: v.shape for k, v in model.state_dict().items()}, {k: v.shape for k, v in proj_sd.items()},
-                     "image_proj", str(path))  # fmt: skip
+    check_state_dict(
+        {k: v.shape for k, v in model.state_dict().items()},
+        {k: v.shape for k, v in proj_sd.items()},
+        "image_proj",
+        str(path),
+    )
     model.load_state_dict(proj_sd, strict=True)
     cross = unet.config.cross_attention_dim
     if model.config.output_dim != cross:
@@ -342,8 +353,9 @@ def load_instantid(
     if getattr(pipe, "controlnet", None) is None:
         logger.warning("no IdentityNet ControlNet on the pipeline: only InstantID's ID attention will act")
     pipe.controlnet_context = "id_tokens"  # the pipeline passes the ID tokens to the ControlNet(s)
-    logger.info("loaded InstantID weights %s (%d ID attention layers, T=%d)",
-                path, len(procs), model.config.num_tokens)
+    logger.info(
+        "loaded InstantID weights %s (%d ID attention layers, T=%d)", path, len(procs), model.config.num_tokens
+    )
     return model
 
 

@@ -387,10 +387,7 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
             f = align(x, align.kv(id_tokens)) if isinstance(align, _IDCrossAttention) else x
             feats.append(f)
         id_kv = tuple(
-            attn.kv(id_tokens)
-            for level in self.attentions
-            for attn in level
-            if isinstance(attn, _IDCrossAttention)
+            attn.kv(id_tokens) for level in self.attentions for attn in level if isinstance(attn, _IDCrossAttention)
         )
         return HiFiNetCondition(features=tuple(feats), id_kv=id_kv)
 

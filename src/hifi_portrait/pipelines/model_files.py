@@ -71,8 +71,9 @@ def model_file_problems(base: str | Path | None, adapter: Path | None, image_enc
         where = " (and the SDXL folder has no image_encoder/)" if base_dir is not None else ""
         problems.append(f"CLIP vision encoder: not given{where}. Needed: {WHERE_ENCODER}.")
     elif not (encoder / "config.json").is_file() or not any(encoder.glob("*.safetensors")):
-        problems.append(f"CLIP vision encoder {encoder}: needs config.json and a .safetensors file. Needed: "
-                        f"{WHERE_ENCODER}.")  # fmt: skip
+        problems.append(
+            f"CLIP vision encoder {encoder}: needs config.json and a .safetensors file. Needed: {WHERE_ENCODER}."
+        )
     return problems
 
 
@@ -83,21 +84,31 @@ def instantid_file_problems(
     problems = [p for p in model_file_problems(base, None, None) if p.startswith("SDXL base")]
     where = "from https://huggingface.co/InstantX/InstantID"
     if Path(instantid).suffix != ".safetensors":
-        problems.append(f"InstantID ip-adapter {instantid}: not a .safetensors file; convert InstantID's "
-                        "ip-adapter.bin with `hifi-portrait convert-instantid ip-adapter.bin --out "
-                        "ip-adapter.safetensors`")  # fmt: skip
+        problems.append(
+            f"InstantID ip-adapter {instantid}: not a .safetensors file; convert InstantID's "
+            "ip-adapter.bin with `hifi-portrait convert-instantid ip-adapter.bin --out "
+            "ip-adapter.safetensors`"
+        )
     elif not Path(instantid).is_file():
-        problems.append(f"InstantID ip-adapter {instantid}: file not found (convert ip-adapter.bin {where} with "
-                        "`hifi-portrait convert-instantid`)")  # fmt: skip
+        problems.append(
+            f"InstantID ip-adapter {instantid}: file not found (convert ip-adapter.bin {where} with "
+            "`hifi-portrait convert-instantid`)"
+        )
     if identitynet is None:
-        problems.append(f"IdentityNet: not given; pass --identitynet with the ControlNetModel/ folder {where} "
-                        "(config.json + diffusion_pytorch_model.safetensors)")  # fmt: skip
+        problems.append(
+            f"IdentityNet: not given; pass --identitynet with the ControlNetModel/ folder {where} "
+            "(config.json + diffusion_pytorch_model.safetensors)"
+        )
     elif not (Path(identitynet) / "config.json").is_file() or not any(Path(identitynet).glob("*.safetensors")):
-        problems.append(f"IdentityNet {identitynet}: needs config.json and diffusion_pytorch_model.safetensors "
-                        f"(the ControlNetModel/ folder {where})")  # fmt: skip
+        problems.append(
+            f"IdentityNet {identitynet}: needs config.json and diffusion_pytorch_model.safetensors "
+            f"(the ControlNetModel/ folder {where})"
+        )
     if insightface_dir is None:
-        problems.append("ArcFace model: InstantID reads 512-d antelopev2 embeddings; pass --insightface-dir with the "
-                        "antelopev2 pack of the insightface model zoo (non-commercial licence)")  # fmt: skip
+        problems.append(
+            "ArcFace model: InstantID reads 512-d antelopev2 embeddings; pass --insightface-dir with the "
+            "antelopev2 pack of the insightface model zoo (non-commercial licence)"
+        )
     return problems
 
 
@@ -114,9 +125,10 @@ def require_model_files(base: str | Path | None, adapter: Path | None, image_enc
     problems = model_file_problems(base, adapter, image_encoder)
     if problems:
         raise ModelFilesMissingError(
-            "generation needs model files that were not found:\n  - " + "\n  - ".join(problems)
+            "generation needs model files that were not found:\n  - "
+            + "\n  - ".join(problems)
             + "\nSee docs/pipeline.md ('Files a user must supply') and docs/instantid.md."
-        )  # fmt: skip
+        )
 
 
 def load_pipeline(
@@ -170,9 +182,15 @@ def load_pipeline(
 
 
 def load_instantid_pipeline(
-    base: str | Path, instantid: Path, identitynet: Path, loras: Sequence[Path] = (), lora_scale: float = 1.0,
-    fp16: bool = False, device: str = "cpu", cpu_offload: bool = False,
-) -> Any:  # fmt: skip
+    base: str | Path,
+    instantid: Path,
+    identitynet: Path,
+    loras: Sequence[Path] = (),
+    lora_scale: float = 1.0,
+    fp16: bool = False,
+    device: str = "cpu",
+    cpu_offload: bool = False,
+) -> Any:
     """SDXL + IdentityNet + InstantID's converted image projection and ID attention (+ LoRAs)."""
     import torch
     from diffusers import ControlNetModel

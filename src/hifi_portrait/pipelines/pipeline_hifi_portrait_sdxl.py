@@ -84,7 +84,6 @@ def _onload(module: torch.nn.Module | None) -> None:
         hook.pre_forward(module)
 
 
-
 def _uint8_arrays_to_pil(image: Any) -> Any:
     """``(H, W, 3)`` uint8 arrays (alone or in a list) -> PIL images; anything else unchanged."""
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3:
@@ -92,6 +91,7 @@ def _uint8_arrays_to_pil(image: Any) -> Any:
     if isinstance(image, list):
         return [_uint8_arrays_to_pil(i) for i in image]
     return image
+
 
 class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline, HiFiPortraitLoaderMixin):
     """SDXL pipeline for identity-preserving portraits from several references, with landmark control.
@@ -514,13 +514,19 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         else:
             projection_dim = self.text_encoder_2.config.projection_dim
         add_time_ids = self._get_add_time_ids(
-            original_size, crops_coords_top_left, target_size, dtype=prompt_embeds.dtype,
+            original_size,
+            crops_coords_top_left,
+            target_size,
+            dtype=prompt_embeds.dtype,
             text_encoder_projection_dim=projection_dim,
         )
         if negative_original_size is not None and negative_target_size is not None:
             negative_add_time_ids = self._get_add_time_ids(
-                negative_original_size, negative_crops_coords_top_left, negative_target_size,
-                dtype=prompt_embeds.dtype, text_encoder_projection_dim=projection_dim,
+                negative_original_size,
+                negative_crops_coords_top_left,
+                negative_target_size,
+                dtype=prompt_embeds.dtype,
+                text_encoder_projection_dim=projection_dim,
             )
         else:
             negative_add_time_ids = add_time_ids
