@@ -28,7 +28,7 @@ def test_analysis_fields_have_documented_shapes(analyses):
     assert len(fa.blendshapes) == 51 and "_neutral" not in fa.blendshapes and "jawOpen" in fa.blendshapes
     assert all(0 <= v <= 1 for v in fa.blendshapes.values())
     assert fa.arcface_crop.shape == (112, 112, 3) and fa.encoder_crop.shape == (512, 512, 3)
-    assert fa.mask.shape == (512, 512) and fa.mask.dtype == np.uint8 and fa.mask_method == "landmark-hull"
+    assert fa.mask.shape == (512, 512) and fa.mask.dtype == np.uint8 and fa.mask_method == "selfie-matte"
     x1, y1, x2, y2 = fa.bbox
     # keypoints and mesh lie on the face; keypoint order: image-left eye, image-right eye, nose, mouth L, mouth R
     assert ((fa.keypoints >= [x1, y1]) & (fa.keypoints <= [x2, y2])).all()

@@ -19,7 +19,14 @@ from hifi_portrait.face.analyzer import FaceAnalyzer
 from hifi_portrait.face.detection import Detection, FaceDetector, RetinaFaceDetector
 from hifi_portrait.face.face_set import FaceSet, same_person_threshold
 from hifi_portrait.face.identity import DlibEmbedder, IdentityEmbedder, InsightFaceEmbedder
-from hifi_portrait.face.matting import FaceMatting, LandmarkHullMatting
+from hifi_portrait.face.matting import (
+    MASK_METHODS,
+    FaceMatting,
+    LandmarkHullMatting,
+    PersonMatting,
+    SelfieHeadMatting,
+    make_matting,
+)
 from hifi_portrait.face.mesh import Landmarker3D, MediaPipeLandmarker, MeshResult, pose_from_matrix
 from hifi_portrait.face.quality import QualityConfig
 from hifi_portrait.face.types import FaceAnalysis, HeadPose, QualityScore
@@ -39,13 +46,17 @@ __all__ = [
     "InsightFaceEmbedder",
     "Landmarker3D",
     "LandmarkHullMatting",
+    "MASK_METHODS",
     "MediaPipeLandmarker",
     "MeshResult",
+    "PersonMatting",
     "QualityConfig",
     "QualityScore",
     "RetinaFaceDetector",
+    "SelfieHeadMatting",
     "alignment_affine",
     "load_image",
+    "make_matting",
     "pose_from_matrix",
     "same_person_threshold",
     "umeyama_similarity",

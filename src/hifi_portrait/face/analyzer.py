@@ -31,7 +31,7 @@ from hifi_portrait.face.alignment import (
 )
 from hifi_portrait.face.detection import Detection, FaceDetector, RetinaFaceDetector
 from hifi_portrait.face.identity import DlibEmbedder, IdentityEmbedder, InsightFaceEmbedder
-from hifi_portrait.face.matting import FaceMatting, LandmarkHullMatting
+from hifi_portrait.face.matting import FaceMatting, LandmarkHullMatting, SelfieHeadMatting, face_coverage
 from hifi_portrait.face.mesh import Landmarker3D, MediaPipeLandmarker
 from hifi_portrait.face.quality import QualityConfig, compute_quality, unusable_reasons
 from hifi_portrait.face.types import FaceAnalysis
@@ -55,7 +55,8 @@ class FaceAnalyzer:
         detector: a :class:`FaceDetector` (default :class:`RetinaFaceDetector`).
         landmarker: a :class:`Landmarker3D` (default :class:`MediaPipeLandmarker`, created on first use).
         embedder: an :class:`IdentityEmbedder` (default :class:`DlibEmbedder`).
-        matting: a :class:`FaceMatting` (default :class:`LandmarkHullMatting`).
+        matting: a :class:`FaceMatting` (default :class:`SelfieHeadMatting`: person matte inside the head region;
+            :class:`LandmarkHullMatting` for the landmark hull, or ``make_matting("landmark-hull")``).
         quality: thresholds of the quality score and what to do with unusable faces.
         encoder_size: side of ``FaceAnalysis.encoder_crop`` in pixels.
         insightface_dir: shortcut for ``embedder=InsightFaceEmbedder(insightface_dir)``.
@@ -82,7 +83,7 @@ class FaceAnalyzer:
         self._landmarker = landmarker
         self._face_landmarker_path = face_landmarker_path
         self.embedder = embedder or (InsightFaceEmbedder(insightface_dir) if insightface_dir else DlibEmbedder())
-        self.matting = matting or LandmarkHullMatting()
+        self.matting = matting or SelfieHeadMatting()
         self.quality_config = quality or QualityConfig()
         self.encoder_size = int(encoder_size)
         self._workers: list[FaceAnalyzer] = []
@@ -266,6 +267,23 @@ class FaceAnalyzer:
             raise UnusableFaceError(message)
         logger.warning(message)
 
+    def _mask(self, crop: np.ndarray, crop_landmarks: np.ndarray, name: str, index: int) -> np.ndarray:
+        """The face/head mask of the encoder crop; warns when a matte leaves most of the face out."""
+        mask = self.matting.mask(crop, crop_landmarks)
+        if not isinstance(self.matting, LandmarkHullMatting):
+            coverage = face_coverage(mask, crop_landmarks)
+            if coverage < 0.5:
+                logger.warning(
+                    "%s: face %d: the %s mask covers only %.0f %% of the face (occluded face, or the matting "
+                    "failed); the reference will be mostly gray for the image encoder. Use another photo or the "
+                    "landmark-hull mask.",
+                    name,
+                    index,
+                    self.matting.name,
+                    100 * coverage,
+                )
+        return mask
+
     def _analyze_detection(self, image: np.ndarray, det: Detection, index: int, name: str) -> FaceAnalysis:
         cfg = self.quality_config
         if det.size < cfg.min_face_px and cfg.on_unusable == "raise":  # fail fast, before the expensive models
@@ -284,7 +302,7 @@ class FaceAnalyzer:
             self._unusable(name, index, reasons)
         enc_affine = alignment_affine(det.keypoints, self.encoder_size, ENCODER_ZOOM)
         encoder_crop = warp(image, enc_affine, self.encoder_size)
-        mask = self.matting.mask(encoder_crop, transform_points(mesh.landmarks, enc_affine))
+        mask = self._mask(encoder_crop, transform_points(mesh.landmarks, enc_affine), name, index)
         identity = self.embedder.embed(image, det)
         height, width = image.shape[:2]
         return FaceAnalysis(

@@ -91,7 +91,7 @@ def face_crop_affine(detection: Detection, crop_scale: float, out_size: int) -> 
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced(enabled: bool = True):
+def native_stderr_silenced(enabled: bool = True):
     """Silence what native code writes to file descriptor 2 (mediapipe's glog/TFLite start-up chatter)."""
     if not enabled:
         yield
@@ -172,7 +172,7 @@ class MediaPipeLandmarker:
                 output_face_blendshapes=True,
                 output_facial_transformation_matrixes=True,
             )
-            with _native_stderr_silenced(self.quiet):
+            with native_stderr_silenced(self.quiet):
                 self._landmarker = vision.FaceLandmarker.create_from_options(options)
                 # the first run prints more start-up notices; run it on a blank image here
                 self._landmarker.detect(
