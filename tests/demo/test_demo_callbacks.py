@@ -29,11 +29,16 @@ def test_analysis_flags_the_other_person_and_keeps_the_rest(mixed_view):
     assert [a.source for a in view.state.kept] == [p.name for p in OBAMAS]
     # the identity shape is fitted on the kept references only
     assert list(view.state.shape.sources) == [p.name for p in OBAMAS]
-    assert len(view.gallery) == 4
+    assert len(view.gallery) == 3 * 4  # per reference: crop, mask, matted crop
     for crop, caption in view.gallery:
         assert crop.dtype == np.uint8 and crop.ndim == 3 and crop.shape[0] == crop.shape[1] >= 112
         assert caption.split(":")[0] in rows
-    assert "different person" in dict((c.split(":")[0], c) for _, c in view.gallery)["biden.jpg"]
+    assert "different person" in view.gallery[9][1] and view.gallery[9][1].startswith("biden.jpg")
+    crop, mask, matted = (image for image, _ in view.gallery[:3])
+    assert "selfie-matte" in view.gallery[1][1]
+    # the matted crop keeps the face and greys out the background (the crop's corners)
+    assert np.array_equal(matted[256, 256], crop[256, 256]) and mask[256, 256, 0] == 255
+    assert (matted[:16, :16] == 127).all() and mask[:16, :16].max() == 0
 
 
 def test_bad_files_are_listed_and_the_good_ones_used(tmp_path, analyzer, landmark_backend):

@@ -2,9 +2,11 @@
 
 Writes, under ``--out``:
 
-* ``<photo>/``: ``arcface.png`` (112x112 aligned crop), ``encoder.png`` (larger aligned crop), ``mask.png``,
-  ``overlay.png`` (landmarks, keypoints and pose on the photo), ``analysis.json`` + ``analysis.npz``
-  (:class:`~hifi_portrait.face.types.FaceAnalysis`, loadable with ``FaceAnalysis.load(".../analysis")``);
+* ``<photo>/``: ``arcface.png`` (112x112 aligned crop), ``encoder.png`` (larger aligned crop), ``mask.png`` (its
+  face/head mask), ``composited.png`` (the crop matted on grey: what the image encoder sees), ``matte.png`` (the
+  person matte of the whole photo, with ``--mask selfie-matte``), ``overlay.png`` (landmarks, keypoints and pose
+  on the photo), ``analysis.json`` + ``analysis.npz`` (:class:`~hifi_portrait.face.types.FaceAnalysis`, loadable
+  with ``FaceAnalysis.load(".../analysis")``);
 * ``faceset/``: the reference set (``FaceSet.load``): similarity matrix, outliers, fused identity;
 * ``contact_sheet.png``: every usable face with its scores (outliers framed in red);
 * ``report.json``: faces, skipped files with reasons, similarity matrix, outliers.
@@ -68,15 +70,34 @@ def output_stem(path: Path, used: set[str]) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _analyzer(min_face_px: float, min_sharpness: float, insightface: Path | None, face_landmarker: Path | None):
+def _analyzer(
+    min_face_px: float,
+    min_sharpness: float,
+    insightface: Path | None,
+    face_landmarker: Path | None,
+    mask: str = "selfie-matte",
+):
     """A FaceAnalyzer for these options, kept so that repeated calls in one process load the models once."""
-    from hifi_portrait.face import FaceAnalyzer, QualityConfig
+    from hifi_portrait.face import FaceAnalyzer, QualityConfig, make_matting
 
     return FaceAnalyzer(
         quality=QualityConfig(min_face_px=min_face_px, min_sharpness=min_sharpness),
         insightface_dir=insightface,
         face_landmarker_path=face_landmarker,
+        matting=make_matting(mask),
     )
+
+
+def write_mask_images(folder: Path, image: np.ndarray, analysis: Any, matting: Any) -> None:
+    """``mask.png``, ``composited.png`` (the encoder crop matted on grey, as the image encoder gets it) and, when
+    the mask backend has a person matting model, ``matte.png`` (the person matte of the whole photo)."""
+    from hifi_portrait.face.matting import composite
+
+    Image.fromarray(analysis.mask).save(folder / "mask.png")
+    Image.fromarray(composite(analysis.encoder_crop, analysis.mask)).save(folder / "composited.png")
+    person = getattr(matting, "person", None)
+    if person is not None:
+        Image.fromarray(np.round(person.matte(image) * 255).astype(np.uint8)).save(folder / "matte.png")
 
 
 def analyze(
@@ -93,6 +114,11 @@ def analyze(
     min_face_px: float = typer.Option(40.0, help="Smallest usable face (sqrt of box area, pixels)."),
     min_sharpness: float = typer.Option(20.0, help="Smallest usable Laplacian variance of the 112 px face crop."),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), help="Photos analysed in parallel (threads)."),
+    mask: str = typer.Option(
+        "selfie-matte",
+        help="Face mask: selfie-matte (person matte inside the head region: face and hair) or landmark-hull "
+        "(hull of the face mesh, no hair).",
+    ),
 ) -> Any:
     """Analyse reference photos: crops, masks, landmarks, pose, identity, quality, set consistency.
 
@@ -108,7 +134,7 @@ def analyze(
         face_policy = parse_policy(policy)
         out.mkdir(parents=True, exist_ok=True)
         files, skipped = collect_inputs(list(photos))
-        analyzer = _analyzer(min_face_px, min_sharpness, insightface, face_landmarker)
+        analyzer = _analyzer(min_face_px, min_sharpness, insightface, face_landmarker, mask)
         analyses, folders, used, kept = [], [], set(), None
         chunk = max(1, workers) * 4
         with tqdm(total=len(files), desc="analysing faces", unit="photo") as progress:
@@ -137,7 +163,7 @@ def analyze(
                     folder.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(result.arcface_crop).save(folder / "arcface.png")
                     Image.fromarray(result.encoder_crop).save(folder / "encoder.png")
-                    Image.fromarray(result.mask).save(folder / "mask.png")
+                    write_mask_images(folder, image, result, analyzer.matting)
                     landmark_overlay(image, result).save(folder / "overlay.png")
                     result.save(folder / "analysis")
                     analyses.append(result)

@@ -113,6 +113,7 @@ def run(
             min_face_px=40.0,
             min_sharpness=20.0,
             workers=2,
+            mask="selfie-matte",
         )
         analyses = face_set.analyses
 

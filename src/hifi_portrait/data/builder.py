@@ -34,7 +34,13 @@ from hifi_portrait.data.inputs import InputItem, enumerate_inputs
 from hifi_portrait.data.report import build_stats, write_plots
 from hifi_portrait.data.select import choose_refs_and_targets, diversity_features
 from hifi_portrait.data.shards import ShardView, finished_shards, plan_shards, read_shard_summary, remove_stale
-from hifi_portrait.data.stages import BLENDSHAPE_NAMES, AnalyzerFactory, decode_image, iter_item_bytes
+from hifi_portrait.data.stages import (
+    BLENDSHAPE_NAMES,
+    AnalyzerFactory,
+    decode_image,
+    iter_item_bytes,
+    photo_mask_png,
+)
 from hifi_portrait.data.writer import (
     Sample,
     atomic_write,
@@ -371,6 +377,7 @@ def build_dataset(
         "format": cfg.output.format,
         "format_version": FORMAT_VERSION,
         "identity_model": identity_model,
+        "mask_methods": sorted({m["mask_method"] for m in kept_meta}),
         "blendshape_names": list(BLENDSHAPE_NAMES),
         "config": {k: v for k, v in cfg.to_dict().items() if k != "workers"},  # parallelism never changes output
         "counts": {
@@ -449,13 +456,19 @@ def _write_output(
                 "det_score": round(record["det_score"], 4),
                 "identity_model": identity_model,
                 "mask_method": record["mask_method"],
+                "face_coverage": round(record.get("face_coverage", 1.0), 4),
             }
             meta["caption"] = captioner(image, meta) if captioner else template_caption(meta)
             shard_path, shard_row = analysed.refs[row]
             view = analysed.view(shard_path)
             landmarks = view.landmarks(shard_row) * np.float32(scale)
             blobs = view.blobs(shard_row)
-            samples.append(Sample(sample_name, meta, photo, blobs["crop"], blobs["mask"], vectors[j], landmarks))
+            photo_mask = None  # the target's face mask in its photo: the face-weighted loss of training
+            if role == "target":
+                photo_mask = photo_mask_png(blobs["mask"], record["encoder_affine"], meta["image_size"], scale)
+            samples.append(
+                Sample(sample_name, meta, photo, blobs["crop"], blobs["mask"], vectors[j], landmarks, photo_mask)
+            )
             kept_meta.append(meta)
             by_identity[name].append({"sample": sample_name, "role": role})
             bar.update(1)

@@ -28,7 +28,7 @@ class QualityConfig:
     min_sharpness: float = 10.0  # variance of the Laplacian of the face crop (raw "sharpness" measure)
     max_abs_yaw: float = 60.0  # degrees
     max_abs_pitch: float = 40.0  # degrees
-    max_occlusion: float = 0.15  # fraction of the 478 landmarks outside the photo (truncated / cut-off face)
+    max_occlusion: float = 0.15  # max(landmarks outside the photo, face not covered by the matte): cut-off/occluded
     min_det_score: float = 0.5
     min_quality: float = 0.0  # QualityScore.total
 

@@ -80,6 +80,9 @@ class _Store:
                         full = (path.parent / rel_file).resolve()
                         self.members[full.name] = (str(full), 0, -1)
 
+    def has(self, sample: str, ext: str) -> bool:
+        return f"{sample}.{ext}" in self.members
+
     def read(self, sample: str, ext: str) -> bytes:
         name = f"{sample}.{ext}"
         if name not in self.members:
@@ -123,6 +126,9 @@ class PortraitDataset(torch.utils.data.Dataset):
       of the target photo around its face (``crop_expand`` times the face box);
     * ``landmark_map``: ``(3, resolution, resolution)`` float in ``[0, 1]``, the target's landmarks drawn in the
       same crop; ``target_identity``: ``(D,)``; ``pose``: ``(3,)`` yaw, pitch, roll in degrees;
+    * ``face_mask``: ``(1, resolution, resolution)`` float in ``[0, 1]``, the target's face/head mask (the dataset's
+      ``photo_mask.png``, made by the builder's matting: face and hair) in the same crop; absent for datasets built
+      without it (training then falls back to the hull of the landmark map);
     * ``caption``: str; ``identity``: str; ``sample``: the target's sample name.
     """
 
@@ -210,7 +216,13 @@ class PortraitDataset(torch.utils.data.Dataset):
         )
         lmap = self.landmark_map(pts, r)
         pose = meta["pose"]
+        extra = {}
+        if self.store.has(target, "photo_mask.png"):
+            mask = Image.open(io.BytesIO(self.store.read(target, "photo_mask.png"))).convert("L")
+            mask = np.asarray(mask.crop(box).resize((r, r), Image.BILINEAR), dtype=np.float32)
+            extra["face_mask"] = torch.from_numpy(mask / np.float32(255.0))[None]
         return {
+            **extra,
             "refs": torch.stack(crops),
             "ref_masks": torch.stack(masks),
             "ref_identity": torch.from_numpy(np.stack(ids).astype(np.float32)),
@@ -247,6 +259,8 @@ def collate_portraits(batch: list[dict[str, Any]]) -> dict[str, Any]:
         out["ref_mask"][b, : item["refs"].shape[0]] = True
     for key in ("target", "landmark_map", "target_identity", "pose"):
         out[key] = torch.stack([item[key] for item in batch])
+    if all("face_mask" in item for item in batch):
+        out["face_mask"] = torch.stack([item["face_mask"] for item in batch])
     for key in ("caption", "identity", "sample"):
         out[key] = [item[key] for item in batch]
     return out

@@ -28,6 +28,8 @@ from hifi_portrait.errors import (
     MultipleFacesError,
     UnusableFaceError,
 )
+from hifi_portrait.face.alignment import transform_points
+from hifi_portrait.face.matting import face_coverage, mask_to_photo
 from hifi_portrait.face.types import FaceAnalysis
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,27 @@ def occlusion_fraction(landmarks: np.ndarray, image_size: tuple[int, int]) -> fl
     return float(outside.mean()) if len(pts) else 1.0
 
 
+def face_occlusion(analysis: FaceAnalysis) -> tuple[float, float]:
+    """``(occlusion, coverage)`` of a face, each in ``[0, 1]``.
+
+    ``coverage`` is the fraction of the face (inner hull of the mesh) that the face mask covers: with a matte
+    (``mask_method="selfie-matte"``) an object in front of the face, or the part of a face cut off by the frame,
+    is a hole; the landmark hull always covers 1. ``occlusion`` is the larger of ``1 - coverage`` and the
+    fraction of mesh points outside the photo.
+    """
+    coverage = face_coverage(analysis.mask, transform_points(analysis.landmarks, analysis.encoder_affine))
+    return max(occlusion_fraction(analysis.landmarks, tuple(analysis.image_size)), 1.0 - coverage), coverage
+
+
+def photo_mask_png(mask_png: bytes, encoder_affine: Any, size: tuple[int, int], scale: float) -> bytes:
+    """The face mask of the encoder crop (PNG bytes) pasted into the pixels of the stored photo (PNG bytes).
+
+    ``size`` is the stored photo's ``(width, height)``, ``scale`` its pixels per original photo pixel.
+    """
+    mask = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L"))
+    return _encode(mask_to_photo(mask, np.asarray(encoder_affine, dtype=np.float64), size, scale), "PNG")
+
+
 def _gray(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(np.asarray(rgb, dtype=np.uint8)).convert("L"))
 
@@ -167,6 +190,7 @@ def summarize(analysis: FaceAnalysis, item: InputItem) -> tuple[dict[str, Any], 
     """Split a :class:`FaceAnalysis` into the JSON record, the stacked arrays and the encoded image blobs."""
     bbox = np.asarray(analysis.bbox, dtype=np.float64)
     gray = _gray(analysis.arcface_crop)
+    occlusion, coverage = face_occlusion(analysis)
     record = {
         "key": item.key,
         "label": item.label,
@@ -176,7 +200,8 @@ def summarize(analysis: FaceAnalysis, item: InputItem) -> tuple[dict[str, Any], 
         "det_score": float(analysis.det_score),
         "face_size": float(min(bbox[2] - bbox[0], bbox[3] - bbox[1])),
         "sharpness": laplacian_variance(gray),
-        "occlusion": occlusion_fraction(analysis.landmarks, tuple(analysis.image_size)),
+        "occlusion": occlusion,
+        "face_coverage": coverage,
         "quality": float(analysis.quality.total),
         "quality_parts": {
             k: float(getattr(analysis.quality, k)) for k in ("size", "sharpness", "frontalness", "confidence")

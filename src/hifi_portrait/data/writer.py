@@ -4,7 +4,8 @@ One *sample* per kept image, named ``<identity index:06d>_<image index:03d>``; t
 consecutive and never split across shards (a streaming reader sees a whole identity at once). Per sample:
 
 * ``jpg``: the photo (upright, longest side at most ``output.max_side``);
-* ``crop.jpg`` / ``mask.png``: the aligned encoder crop of the face and its face mask;
+* ``crop.jpg`` / ``mask.png``: the aligned encoder crop of the face and its face/head mask;
+* ``photo_mask.png``: the same mask in pixels of ``jpg`` (0 outside the crop), for the target's face-weighted loss;
 * ``id.npy``: ``(D,)`` float32 identity vector; ``lmk.npy``: ``(478, 3)`` float32 face mesh in pixels of ``jpg``;
 * ``json``: identity, role (``ref``/``target``/``extra``), caption, pose, blendshapes, quality, bbox, keypoints
   (in pixels of ``jpg``), source key.
@@ -42,13 +43,15 @@ class Sample:
     mask: bytes
     identity: np.ndarray
     landmarks: np.ndarray
+    photo_mask: bytes | None = None
 
     def files(self) -> list[tuple[str, bytes]]:
         """``(extension, bytes)`` of every file of the sample, in a fixed order."""
+        files = [("jpg", self.photo), ("crop.jpg", self.crop), ("mask.png", self.mask)]
+        if self.photo_mask is not None:
+            files.append(("photo_mask.png", self.photo_mask))
         return [
-            ("jpg", self.photo),
-            ("crop.jpg", self.crop),
-            ("mask.png", self.mask),
+            *files,
             ("id.npy", npy_bytes(self.identity.astype(np.float32))),
             ("lmk.npy", npy_bytes(self.landmarks.astype(np.float32))),
             ("json", json.dumps(self.meta, sort_keys=True, indent=1).encode()),

@@ -187,7 +187,11 @@ def build_demo(
                 )
                 warnings = gr.Markdown("Upload 2 to 8 photos of one person.", elem_id="warnings")
                 gallery = gr.Gallery(
-                    label="Aligned face crops", columns=4, height=260, elem_id="crops", object_fit="contain"
+                    label="Aligned face crops: crop, mask, matted",
+                    columns=3,
+                    height=260,
+                    elem_id="crops",
+                    object_fit="contain",
                 )
                 table = gr.Dataframe(
                     headers=cb.TABLE_HEADERS, label="Analysis", interactive=False, elem_id="analysis-table", wrap=True

@@ -16,6 +16,7 @@ import numpy as np
 
 from hifi_portrait.errors import HiFiPortraitError, NoUsableReferencesError
 from hifi_portrait.face.face_set import FaceSet
+from hifi_portrait.face.matting import composite
 from hifi_portrait.face.types import FaceAnalysis
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class AnalysisView:
     """What :func:`analyze_references` shows on the page.
 
     Attributes:
-        gallery: ``(encoder crop (S, S, 3) uint8, caption)`` per usable reference.
+        gallery: three ``((S, S, 3) uint8, caption)`` per usable reference: its encoder crop, its face/head mask
+            and the crop matted on grey (what the image encoder gets).
         table: one row per uploaded file (see :data:`TABLE_HEADERS`).
         warnings: Markdown: identity-consistency warnings, skipped files, advice.
         state: the session state for the later steps.
@@ -177,7 +179,10 @@ def _gallery(state: ReferenceState) -> list[tuple[np.ndarray, str]]:
         caption = (
             f"{a.source}: yaw {a.pose.yaw:+.0f}°, pitch {a.pose.pitch:+.0f}°, quality {a.quality.total:.2f}{flag}"
         )
+        mask = np.asarray(a.mask)
         items.append((np.asarray(a.encoder_crop), caption))
+        items.append((np.repeat(mask[..., None], 3, axis=2), f"{a.source}: mask ({a.mask_method})"))
+        items.append((composite(a.encoder_crop, mask), f"{a.source}: matted, as the image encoder sees it"))
     return items
 
 

@@ -35,6 +35,8 @@ FOREHEAD_TOP, CHIN, CHEEK_LEFT, CHEEK_RIGHT, NOSE_TIP = 10, 152, 234, 454, 1
 SELFIE_INPUT = 256
 #: the vendored model file (provenance and licence beside it).
 SELFIE_MODEL = Path(__file__).parents[1] / "assets" / "selfie_segmentation" / "selfie_segmentation.tflite"
+#: background of matted reference crops (uint8 grey), the same at inference and in training.
+MATTE_BACKGROUND = 127
 #: the values of ``--mask`` / ``FaceAnalysis.mask_method``.
 MASK_METHODS = ("selfie-matte", "landmark-hull")
 
@@ -108,8 +110,8 @@ def face_coverage(mask: np.ndarray, landmarks: np.ndarray, shrink: float = 0.1) 
     centre = pts.mean(0)
     inner, _ = _hull_mask(np.asarray(mask).shape[:2], centre + (pts - centre) * (1.0 - shrink))
     inside = inner >= 128
-    if not inside.any():
-        return 0.0
+    if not inside.any():  # degenerate mesh (no area): nothing to measure, no evidence of occlusion
+        return 1.0
     return float((np.asarray(mask)[inside] >= 128).mean())
 
 
@@ -393,3 +395,14 @@ def mask_to_photo(
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
+
+
+def composite(image: np.ndarray, mask: np.ndarray, background: int = MATTE_BACKGROUND) -> np.ndarray:
+    """``image`` (``(H, W, 3)`` uint8) over a plain grey ``background`` with ``mask`` (``(H, W)`` uint8, 255 =
+    keep) as alpha: the matted reference the image encoder sees. Returns ``(H, W, 3)`` uint8."""
+    image = np.asarray(image)
+    alpha = np.asarray(mask, dtype=np.float32)[..., None] * np.float32(1 / 255)
+    if alpha.shape[:2] != image.shape[:2]:
+        raise ValueError(f"mask {alpha.shape[:2]} and image {image.shape[:2]} sizes differ")
+    out = image.astype(np.float32) * alpha + np.float32(background) * (1.0 - alpha)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)

@@ -43,6 +43,7 @@ from transformers import (
 )
 
 from hifi_portrait.errors import ModelFilesMissingError, NoUsableReferencesError
+from hifi_portrait.face.matting import MATTE_BACKGROUND, composite
 from hifi_portrait.loaders.hifi_portrait_loader import HiFiPortraitLoaderMixin
 from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetModel
@@ -53,15 +54,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["StableDiffusionXLHiFiPortraitPipeline", "reference_pixels"]
 
-#: background value of matted reference crops (uint8 gray), as in training.
-MATTE_BACKGROUND = 127
-
 
 def reference_pixels(face: Any, matte: bool = True) -> np.ndarray:
     """The ``(S, S, 3)`` uint8 image a reference contributes to the image encoder.
 
     ``face.encoder_crop`` composited over gray :data:`MATTE_BACKGROUND` with ``face.mask`` when ``matte`` and a
-    mask exists (the references are matted, as in the paper). Training must use the same function.
+    mask exists (the references are matted, as in the paper: with the default ``selfie-matte`` mask the person's
+    head and hair stay, the background goes). Training must use the same function.
     """
     crop = np.asarray(face.encoder_crop)
     if crop.ndim != 3 or crop.shape[-1] != 3 or crop.dtype != np.uint8:
@@ -69,11 +68,7 @@ def reference_pixels(face: Any, matte: bool = True) -> np.ndarray:
     mask = getattr(face, "mask", None)
     if not matte or mask is None or np.asarray(mask).size == 0:
         return crop
-    alpha = (np.asarray(mask, dtype=np.float32) / 255.0)[..., None]
-    if alpha.shape[:2] != crop.shape[:2]:
-        raise ValueError(f"mask {alpha.shape[:2]} and encoder_crop {crop.shape[:2]} sizes differ")
-    out = crop.astype(np.float32) * alpha + MATTE_BACKGROUND * (1.0 - alpha)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return composite(crop, mask, MATTE_BACKGROUND)
 
 
 def _onload(module: torch.nn.Module | None) -> None:

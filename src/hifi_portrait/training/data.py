@@ -76,8 +76,9 @@ def set_dataset_epoch(dataset: Dataset, epoch: int) -> None:
 def face_mask_from_landmark_map(landmark_map: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
     """``(1, H, W)`` mask: the convex hull of the drawn pixels of a landmark map ``(3, H, W)``.
 
-    The built dataset stores no face mask of the target crop; the face mesh drawn on the landmark map outlines the
-    face, so its hull is the face region (forehead up to the mesh's top edge). An empty map gives an empty mask.
+    The fallback for samples without a ``face_mask`` (datasets built before the builder stored the target's
+    ``photo_mask.png``, or other Datasets): the face mesh drawn on the landmark map outlines the face, so its hull
+    is the face region (forehead up to the mesh's top edge, no hair). An empty map gives an empty mask.
     """
     from PIL import Image, ImageDraw
     from scipy.spatial import ConvexHull, QhullError
@@ -99,7 +100,8 @@ def face_mask_from_landmark_map(landmark_map: torch.Tensor, threshold: float = 0
 def collate_samples(samples: list[dict]) -> dict:
     """Stack samples into a batch; references padded to the largest count, ``ref_mask`` True for real ones.
 
-    Adds ``face_mask`` from the landmark maps (:func:`face_mask_from_landmark_map`) when the samples have none.
+    ``face_mask`` is the samples' own (the dataset's matted face/head mask of the target) when every sample has one,
+    otherwise the hull of the landmark maps (:func:`face_mask_from_landmark_map`) for all of them.
     """
     n_max = max(s["ref_identity"].shape[0] for s in samples)
     batch: dict = {"caption": [s.get("caption", "") for s in samples]}
