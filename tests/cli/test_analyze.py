@@ -38,12 +38,29 @@ def test_readme_command_on_three_photos(tmp_path):
         for name in ("arcface.png", "encoder.png", "mask.png", "overlay.png", "analysis.json", "analysis.npz"):
             assert (folder / name).is_file(), folder / name
         assert Image.open(folder / "arcface.png").size == (112, 112)
+        # the person matte of the whole photo and the matted crop the image encoder sees
+        photo = Image.open(DATA / Path(face["source"]).name)
+        matte = np.asarray(Image.open(folder / "matte.png"))
+        assert matte.shape == (photo.height, photo.width) and matte[:8, :8].max() < 26 and matte.max() == 255
+        matted = np.asarray(Image.open(folder / "composited.png"))
+        assert matted.shape == (512, 512, 3) and (matted[:16, :16] == 127).all()
         assert 0 < face["quality"]["total"] <= 1 and set(face["pose"]) == {"yaw", "pitch", "roll"}
     assert Image.open(out / "contact_sheet.png").width >= 3 * 200
     from hifi_portrait.face import FaceAnalysis, FaceSet
 
     assert len(FaceSet.load(out / "faceset")) == 3
     assert FaceAnalysis.load(out / "obama2" / "analysis").source.endswith("obama2.jpg")
+    assert report["mask_method"] == "selfie-matte"
+
+
+def test_landmark_hull_mask_option(tmp_path):
+    out = tmp_path / "hull"
+    result = _run(str(DATA / "obama.jpg"), "--mask", "landmark-hull", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "report.json").read_text())["mask_method"] == "landmark-hull"
+    assert (out / "obama" / "composited.png").is_file() and not (out / "obama" / "matte.png").exists()
+    bad = _run(str(DATA / "obama.jpg"), "--mask", "grabcut", "--out", str(out))
+    assert bad.exit_code == 2 and "landmark-hull" in bad.output
 
 
 def test_folder_with_good_and_bad_files(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -76,8 +77,20 @@ def test_built_dataset_batches_have_padded_refs_and_face_masks(built_dataset):
     assert batch["refs"].shape[1] == max(counts)
     mask = batch["face_mask"]
     assert mask.shape == (len(items), 1, 64, 64)
-    # the face hull covers a real part of the crop, but not all of it
+    # the face mask covers a real part of the crop, but not all of it
     assert 0.05 < mask.mean().item() < 0.9
+    # it is the dataset's matted head mask of each target (photo_mask.png), not the landmark hull: it reaches
+    # above the top of the drawn face mesh (hair) and stays off the crop's corners
+    assert all("face_mask" in it for it in items)
+    for item, m in zip(items, mask, strict=True):
+        hull = face_mask_from_landmark_map(item["landmark_map"])
+        top = int(torch.nonzero(hull[0].amax(1) > 0)[0])  # first row of the mesh
+        assert m[0, : max(top - 2, 1)].max() > 0.5 and hull[0, : max(top - 2, 1)].max() == 0
+        assert m.sum() > hull.sum()
+        assert m[0, :4, :4].max() == 0 and m[0, :4, -4:].max() == 0
+    manifest = json.loads((built_dataset / "manifest.json").read_text())
+    assert manifest["mask_methods"] == ["selfie-matte"]
+    assert {ds.store.meta[s]["mask_method"] for s in ds.targets} == {"selfie-matte"}
     empty = face_mask_from_landmark_map(torch.zeros(3, 16, 16))
     assert empty.sum().item() == 0
 

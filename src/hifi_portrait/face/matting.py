@@ -238,23 +238,25 @@ class PersonMatting:
         self.threshold, self.softness = float(threshold), float(softness)
         self._model = _TFLiteModel(self.model_path, num_threads)
 
-    def letterbox(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """``(256, 256, 3)`` float32 model input in ``[0, 1]`` and the photo's box ``(x, y, w, h)`` inside it."""
+    def letterbox(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+        """``(256, 256, 3)`` float32 model input in ``[0, 1]`` (the photo resized into it, centred, zero border),
+        the resized photo in grey (``(h, w)`` float32 in ``[0, 1]``) and its box ``(x, y, w, h)`` in the input."""
         height, width = image.shape[:2]
         scale = SELFIE_INPUT / max(height, width)
         w, h = max(1, round(width * scale)), max(1, round(height * scale))
         x, y = (SELFIE_INPUT - w) // 2, (SELFIE_INPUT - h) // 2
+        small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         canvas = np.zeros((SELFIE_INPUT, SELFIE_INPUT, 3), dtype=np.float32)
-        canvas[y : y + h, x : x + w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA) * np.float32(1 / 255)
-        return canvas, (x, y, w, h)
+        np.multiply(small, np.float32(1 / 255), out=canvas[y : y + h, x : x + w])
+        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return canvas, np.multiply(grey, np.float32(1 / 255), out=grey), (x, y, w, h)
 
     def matte_low(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The alpha matte at the model's resolution, ``(h, w)`` float32 in ``[0, 1]`` (the photo's letterboxed
         area), and the grey photo at that resolution (``(h, w)`` float32 in ``[0, 1]``)."""
         image = _check_rgb(image)
-        canvas, (x, y, w, h) = self.letterbox(image)
+        canvas, grey_low, (x, y, w, h) = self.letterbox(image)
         prob = self._model(canvas[None])[0, y : y + h, x : x + w, 0]
-        grey_low = canvas[y : y + h, x : x + w] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         alpha = (prob - np.float32(self.threshold)) * np.float32(1.0 / self.softness) + np.float32(0.5)
         return np.clip(alpha, 0.0, 1.0, out=alpha), grey_low
 
@@ -267,8 +269,8 @@ class PersonMatting:
         work = image
         if scale < 1.0:
             work = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-        grey = cv2.cvtColor(work, cv2.COLOR_RGB2GRAY).astype(np.float32) * np.float32(1 / 255)
-        out = guided_upsample(grey, grey_low, alpha_low)
+        grey = cv2.cvtColor(work, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        out = guided_upsample(np.multiply(grey, np.float32(1 / 255), out=grey), grey_low, alpha_low)
         return out if scale == 1.0 else cv2.resize(out, (width, height), interpolation=cv2.INTER_LINEAR)
 
     def matte(self, image: np.ndarray) -> np.ndarray:
