@@ -78,7 +78,8 @@ class FaceAnalysis:
         quality: quality score and its parts.
         arcface_crop: ``(112, 112, 3)`` uint8, the face aligned on the ArcFace 5-point template.
         encoder_crop: ``(S, S, 3)`` uint8, a larger aligned crop (hair and chin included) for image encoders.
-        mask: ``(S, S)`` uint8 in ``{0..255}``, face/head mask of ``encoder_crop``; ``mask_method`` says how.
+        mask: ``(S, S)`` uint8 in ``{0..255}``, face/head mask of ``encoder_crop``; ``mask_method`` says how
+            (``selfie-matte``: person matte inside the head region, hair included; ``landmark-hull``: mesh hull).
         encoder_affine: ``(2, 3)`` float, the affine map from photo pixels to ``encoder_crop`` pixels.
     """
 
