@@ -90,25 +90,33 @@ def face_crop_affine(detection: Detection, crop_scale: float, out_size: int) -> 
     return affine, float(side)
 
 
+#: one redirection of fd 2 at a time: two threads interleaving dup/dup2 would leave stderr on /dev/null for good
+_STDERR_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def native_stderr_silenced(enabled: bool = True):
-    """Silence what native code writes to file descriptor 2 (mediapipe's glog/TFLite start-up chatter)."""
+    """Silence what native code writes to file descriptor 2 (mediapipe's glog/TFLite start-up chatter).
+
+    Thread-safe: concurrent callers take turns (fd 2 is one per process).
+    """
     if not enabled:
         yield
         return
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable fd 2
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no usable fd 2
+            yield
+            return
+        try:
+            sys.stderr.flush()
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 #: Every mediapipe FaceLandmarker we created and did not close yet. They are kept alive on purpose: mediapipe
