@@ -189,6 +189,7 @@ _COLORS = (
     (255, 0, 170),
     (255, 0, 85),
 )
+_DWPOSE_DIM = (np.arange(256, dtype=np.float64) * 0.6).astype(np.uint8)
 _EPS = 0.01  # controlnet_aux draws a face point only when its integer pixel x and y are > eps (i.e. >= 1)
 
 # anthropometric placement (centimetres at the canonical mesh's size; see the module docstring)
@@ -350,8 +351,8 @@ def _draw_body(canvas: np.ndarray, body: np.ndarray, dwpose: bool, ratio: int) -
         polygon = cv2.ellipse2Poly(centre, (int(length / 2), 4 * ratio), int(angle), 0, 360, 1)
         # OpenPose's util fills with 60 % colours; DWPose's fills full colours and scales the canvas by 0.6 after
         cv2.fillConvexPoly(canvas, polygon, list(color) if dwpose else [int(float(c) * 0.6) for c in color])
-    if dwpose:
-        canvas[:] = (canvas * 0.6).astype(np.uint8)
+    if dwpose:  # DWPose's (canvas * 0.6).astype(uint8), as a lookup table of the same float64 products
+        cv2.LUT(canvas, _DWPOSE_DIM, dst=canvas)
     for (x, y), color in zip(body, _COLORS, strict=True):
         if not np.isnan(x):
             cv2.circle(canvas, (int(x * w), int(y * h)), 4 * ratio, color, thickness=-1)
