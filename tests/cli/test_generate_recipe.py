@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -51,7 +50,8 @@ def portrait(path: Path) -> np.ndarray:
 
 def test_recipe_runs_identitynet_and_openpose_from_one_target(model_files, instantid_files, fake_arcface, tmp_path):
     out = tmp_path / "recipe"
-    result = runner.invoke(app, recipe_args(model_files, instantid_files, out, "--yaw", "20", "--expression", "smile"))
+    extra = ["--yaw", "20", "--expression", "smile", "--pose-resolution", "0"]  # maps drawn at full size
+    result = runner.invoke(app, recipe_args(model_files, instantid_files, out, *extra))
     assert result.exit_code == 0, result.output
     assert "openpose ControlNet" in result.output
     image = portrait(out / "portrait_0_0.png")
@@ -125,26 +125,37 @@ def test_multi_controlnet_gives_each_net_its_own_context(model_files, instantid_
         torch.testing.assert_close(same[1], plain[1], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("what", ["yaw", "expression"])
-def test_sweep_writes_a_contact_sheet(model_files, instantid_files, fake_arcface, tmp_path, what):
-    out = tmp_path / what
-    extra = ["--sweep", what, "--sweep-steps", "3", "--size", "64x64"]
+def test_sweep_writes_a_contact_sheet(model_files, instantid_files, fake_arcface, tmp_path):
+    out = tmp_path / "yaw"
+    extra = ["--sweep", "yaw", "--sweep-steps", "3", "--size", "64x64"]
     result = runner.invoke(app, recipe_args(model_files, instantid_files, out, *extra))
     assert result.exit_code == 0, result.output
     settings = json.loads((out / "settings.json").read_text())
     labels = [t["label"] for t in settings["targets"]]
-    if what == "yaw":
-        assert labels == ["yaw_-45", "yaw_+0", "yaw_+45"]
-        assert [t["target"]["yaw"] for t in settings["targets"]] == [-45, 0, 45]
-    else:
-        from hifi_portrait.landmarks import PRESETS
-
-        assert labels == [f"expression_{name}" for name in PRESETS]
-    sheet = np.asarray(Image.open(out / f"sweep_{what}.png"))
-    assert sheet.shape[1] >= 64 * len(labels) and sheet.shape[0] >= 3 * 64  # a column per target; portrait + 2 maps
+    assert labels == ["yaw_-45", "yaw_+0", "yaw_+45"]
+    assert [t["target"]["yaw"] for t in settings["targets"]] == [-45, 0, 45]
+    sheet = np.asarray(Image.open(out / "sweep_yaw.png"))
+    assert sheet.shape[1] >= 64 * 3 and sheet.shape[0] >= 3 * 64  # a column per target; portrait + 2 maps
     maps = [np.asarray(Image.open(out / f"{label}_control_openpose.png")) for label in labels]
     assert all(np.abs(a.astype(int) - b).max() > 0 for a, b in zip(maps, maps[1:], strict=False))
-    assert all((out / f"{label}_portrait_0_0.png").is_file() for label in labels)
+    portraits = [portrait(out / f"{label}_portrait_0_0.png") for label in labels]
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(portraits, portraits[1:], strict=False))
+
+
+def test_sweep_targets():
+    from hifi_portrait.cli.generate import sweep_targets
+    from hifi_portrait.landmarks import PRESETS, make_target
+
+    base = make_target(yaw=20, pitch=-5, expression="smile")
+    assert sweep_targets(base, None, 5) == [("", base)]
+    expressions = sweep_targets(base, "expression", 5)
+    assert [label for label, _ in expressions] == [f"expression_{name}" for name in PRESETS]
+    assert all(t.yaw == 20 and t.pitch == -5 for _, t in expressions)
+    assert dict(expressions)["expression_eyes_closed"].blendshapes["eyeBlinkLeft"] == 1.0
+    rolls = sweep_targets(base, "roll", 5)
+    assert [t.roll for _, t in rolls] == [-20, -10, 0, 10, 20] and all(
+        t.blendshapes == base.blendshapes for _, t in rolls
+    )
 
 
 def test_help_shows_the_recipe():
@@ -152,7 +163,15 @@ def test_help_shows_the_recipe():
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "--controlnet openpose=" in text and "--instantid InstantID/" in text and "docs/recipes.md" in text
-    for option in ("--controlnet-scale", "--control-scale", "--sweep", "--pose-shoulders", "--pose-thick"):
+    options = (
+        "--controlnet-scale",
+        "--control-scale",
+        "--sweep",
+        "--pose-shoulders",
+        "--pose-thick",
+        "--pose-resolution",
+    )
+    for option in options:
         assert option in text
 
 
@@ -167,6 +186,12 @@ def test_recipe_option_errors(model_files, instantid_files, tmp_path):
     assert bad_style.exit_code == 2 and "STYLE=DIR" in bad_style.output
     missing = run(args[:at] + [f"openpose={tmp_path / 'nowhere'}"] + args[at + 1 :])
     assert missing.exit_code == 3 and "openpose ControlNet" in missing.output and "recipes.md" in missing.output
+    pickled = tmp_path / "thibaud-like"  # a diffusers folder with only the pickle, as thibaud's repository has
+    pickled.mkdir()
+    shutil.copy(instantid_files / "openpose" / "config.json", pickled / "config.json")
+    (pickled / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
+    only_bin = run(args[:at] + [f"openpose={pickled}"] + args[at + 1 :])
+    assert only_bin.exit_code == 3 and "diffusion_pytorch_model.bin" in only_bin.output
     scales = run(args + ["--controlnet-scale", "0.1", "--controlnet-scale", "0.2"])
     assert scales.exit_code == 2 and "--controlnet-scale" in scales.output
     no_instantid = [a for a in args if a not in ("--instantid", str(instantid_files / "InstantID"))]
@@ -179,3 +204,4 @@ def test_recipe_option_errors(model_files, instantid_files, tmp_path):
     assert unconverted.exit_code == 3 and "convert-instantid" in unconverted.output
     bad_sweep = run(args + ["--sweep", "zoom"])
     assert bad_sweep.exit_code == 2
+    assert run(args + ["--pose-resolution", "10"]).exit_code == 2

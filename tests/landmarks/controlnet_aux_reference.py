@@ -63,3 +63,8 @@ def dwpose_map(body: np.ndarray, face: np.ndarray, height: int, width: int) -> n
         "hands": np.zeros((0, 21, 2)),
     }
     return draw_pose(pose, height, width)
+
+
+def detector_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """``(H, W)`` of the canvas the detectors draw on: controlnet_aux's own ``util.resize_image`` of a black image."""
+    return _module("util").resize_image(np.zeros((height, width, 3), np.uint8), resolution).shape[:2]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from controlnet_aux_reference import dwpose_map, openpose_map
+from controlnet_aux_reference import detector_size, dwpose_map, openpose_map
 
 from hifi_portrait.errors import LandmarkError
 from hifi_portrait.landmarks import generate_landmarks, make_target, render_map
@@ -109,3 +109,25 @@ def test_thick_body_lines_follow_xinsirs_size_ratio():
     thin = render_map(big, "openpose", face=False)
     thick = render_map(big, "openpose", face=False, thick=True)
     assert 2.0 < (thick.max(2) > 0).sum() / (thin.max(2) > 0).sum() < 4.0  # limbs ~3x wider, discs ~3x larger
+
+
+@pytest.mark.parametrize("format", ["openpose", "dwpose"])
+def test_detect_resolution_draws_like_the_detectors_then_resizes(format):
+    """``detect_resolution=512``: OpenposeDetector / DWposeDetector's default pipeline (draw on the image resized to
+    a 512 short side, rounded to multiples of 64, then cv2.resize bilinear to the output size)."""
+    import cv2
+
+    shape = IdentityShape.canonical()
+    for size in ((1024, 1024), (832, 1216), (640, 480)):
+        gen = generate_landmarks(shape, make_target(yaw=25, expression="smile"), size=size)
+        kps = openpose_keypoints(gen, format)
+        body, face = kps.normalized()
+        h, w = detector_size(size[1], size[0], 512)
+        drawn = openpose_map(body, face, h, w) if format == "openpose" else dwpose_map(body, face, h, w)
+        expected = cv2.resize(drawn, size, interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(render_map(gen, format, detect_resolution=512), expected)
+    big = generate_landmarks(shape, make_target(yaw=25), size=(1024, 1024))
+    thin, wide = render_map(big, format), render_map(big, format, detect_resolution=512)
+    assert (wide.max(2) > 0).sum() > 2.5 * (thin.max(2) > 0).sum()  # lines and discs twice as wide
+    with pytest.raises(LandmarkError, match=">= 64"):
+        render_map(big, format, detect_resolution=16)

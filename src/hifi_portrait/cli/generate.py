@@ -291,6 +291,12 @@ def generate(
     pose_thick: bool = typer.Option(
         False, "--pose-thick", help="OpenPose maps: xinsir's thicker body lines (recommended on their model card)."
     ),
+    pose_resolution: int = typer.Option(
+        512,
+        "--pose-resolution",
+        help="OpenPose maps: draw as controlnet_aux's detectors with this detect_resolution (their default 512: drawn "
+        "at a 512 short side, then resized), so lines have the widths these ControlNets saw; 0 = at full size.",
+    ),
     sweep: str | None = typer.Option(
         None, help="Also sweep yaw, pitch, roll or expression: one portrait per value and a contact sheet."
     ),
@@ -359,11 +365,14 @@ def controlnet_problems(controlnets: Sequence[tuple[str, Path, float]]) -> list[
     """One line per ``--controlnet`` folder that is not a diffusers ControlNet with safetensors weights."""
     problems = []
     for name, folder, _ in controlnets:
-        if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        weights = [folder / f"diffusion_pytorch_model.safetensors{s}" for s in ("", ".index.json")]
+        if not (folder / "config.json").is_file() or not any(w.is_file() for w in weights):
+            found = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
             problems.append(
-                f"{name} ControlNet {folder}: needs config.json and diffusion_pytorch_model.safetensors (a diffusers "
-                "ControlNet folder, e.g. `huggingface-cli download xinsir/controlnet-openpose-sdxl-1.0 --local-dir "
-                f"{folder}`; see docs/recipes.md)"
+                f"{name} ControlNet {folder}: needs config.json and diffusion_pytorch_model.safetensors, a diffusers "
+                f"ControlNet folder (found: {', '.join(found[:6]) or 'nothing'}), e.g. `huggingface-cli download "
+                f"xinsir/controlnet-openpose-sdxl-1.0 config.json diffusion_pytorch_model.safetensors --local-dir "
+                f"{folder}`; a pickle-only folder (.bin) must be converted first, see docs/recipes.md"
             )
     return problems
 
@@ -398,6 +407,8 @@ def _check_options(opt: dict[str, Any]) -> tuple[tuple[int, int], list[tuple[str
         raise ConfigError(f"--style must be one of {', '.join(STYLES)}, not {opt['style']!r}")
     if opt["sweep"] is not None and opt["sweep"] not in (*SWEEP_RANGES, "expression"):
         raise ConfigError(f"--sweep must be one of yaw, pitch, roll, expression, not {opt['sweep']!r}")
+    if opt["pose_resolution"] and not 64 <= opt["pose_resolution"] <= 4096:
+        raise ConfigError(f"--pose-resolution must be 0 (full size) or 64..4096, not {opt['pose_resolution']}")
     if not 2 <= opt["sweep_steps"] <= 25:
         raise ConfigError("--sweep-steps must be between 2 and 25")
     try:
@@ -437,7 +448,9 @@ def _maps(gen: Any, opt: dict[str, Any], controlnets: Sequence[tuple[str, Path, 
 
     maps = {f"landmarks_{opt['style']}": render_map(gen, opt["style"])}
     for name, _, _ in controlnets:
-        maps[f"control_{name}"] = render_map(gen, name, shoulders=opt["pose_shoulders"], thick=opt["pose_thick"])
+        options = {"shoulders": opt["pose_shoulders"], "thick": opt["pose_thick"]}
+        options["detect_resolution"] = opt["pose_resolution"] or None
+        maps[f"control_{name}"] = render_map(gen, name, **options)
     return maps
 
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("openpose", "dwpose")
 #: Keyword options of :func:`render_openpose` (and of ``render_map`` for the OpenPose styles).
-DRAW_OPTIONS = ("body", "face", "shoulders", "thick")
+DRAW_OPTIONS = ("body", "face", "shoulders", "thick", "detect_resolution")
 
 #: The 68 iBUG 300-W points as blends of mesh vertices: point ``k`` is ``t * a + (1 - t) * b`` for
 #: ``IBUG68_FROM_MESH[k] = (a, b, t)``. Chosen per point, within the point's anatomical region (eyelid, lip
@@ -388,12 +388,25 @@ def draw_openpose(
         raise LandmarkError(
             f"canvas {w}x{h} differs from the keypoints' canvas {keypoints.size[0]}x{keypoints.size[1]}"
         )
-    body_n, face_n = keypoints.normalized()
+    return _draw_normalized(canvas, *keypoints.normalized(), format, body, face, thick)
+
+
+def _draw_normalized(canvas, body_n, face_n, format: str, body: bool, face: bool, thick: bool) -> np.ndarray:
+    """Draw normalised ``(18, 2)`` / ``(F, 2)`` keypoints on a canvas of any size, in place, as the detectors do."""
+    _check_format(format)
+    h, w = canvas.shape[:2]
     if body:
         _draw_body(canvas, body_n, format == "dwpose", thick_ratio(w, h) if thick else 1)
     if face:
         _draw_face(canvas, face_n)
     return canvas
+
+
+def detector_canvas(width: int, height: int, detect_resolution: int) -> tuple[int, int]:
+    """``(W, H)`` of the canvas controlnet_aux's detectors draw on for a ``width x height`` image: scaled so that
+    the short side is ``detect_resolution``, each side rounded to a multiple of 64 (its ``util.resize_image``)."""
+    k = float(detect_resolution) / min(float(height), float(width))
+    return int(np.round(float(width) * k / 64.0)) * 64, int(np.round(float(height) * k / 64.0)) * 64
 
 
 def render_openpose(
@@ -403,8 +416,21 @@ def render_openpose(
     face: bool = True,
     shoulders: bool = False,
     thick: bool = False,
+    detect_resolution: int | None = None,
 ) -> np.ndarray:
-    """The OpenPose/DWPose map of one target: ``(H, W, 3)`` uint8 RGB, the canvas size of ``gen``."""
+    """The OpenPose/DWPose map of one target: ``(H, W, 3)`` uint8 RGB, the canvas size of ``gen``.
+
+    ``detect_resolution``: draw as ``OpenposeDetector`` / ``DWposeDetector`` called with that
+    ``detect_resolution`` do (their default is 512), on :func:`detector_canvas`, then resize to the target canvas
+    with bilinear interpolation as they resize to ``image_resolution``: lines and discs then have the widths those
+    ControlNets saw in maps made the usual way. ``None``: draw directly at the canvas size.
+    """
     keypoints = openpose_keypoints(gen, format, shoulders)
-    canvas = np.zeros((gen.camera.height, gen.camera.width, 3), dtype=np.uint8)
-    return draw_openpose(canvas, keypoints, format, body=body, face=face, thick=thick)
+    size = gen.size if detect_resolution is None else detector_canvas(*gen.size, detect_resolution)
+    if detect_resolution is not None and min(size) < 64:
+        raise LandmarkError(f"detect_resolution {detect_resolution} gives a {size[0]}x{size[1]} canvas; use >= 64")
+    canvas = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    _draw_normalized(canvas, *keypoints.normalized(), format, body, face, thick)
+    if size != gen.size:
+        canvas = cv2.resize(canvas, gen.size, interpolation=cv2.INTER_LINEAR)
+    return canvas
