@@ -489,45 +489,11 @@ def _run(opt: dict[str, Any]) -> None:
         for name, image in jobs[-1][3].items():
             Image.fromarray(image).save(safe_child(out, f"{label}_{name}.png" if label else f"{name}.png"))
 
-    what = "InstantID (IdentityNet + ip-adapter)" if mode == "instantid" else "adapter"
-    what += "".join(f" + {name} ControlNet" for name, _, _ in controlnets)
-    typer.echo(f"[4/4] loading SDXL + {what} on {device}{' (fp16)' if opt['fp16'] else ''}")
-    common = {
-        "loras": opt["lora"],
-        "lora_scale": opt["lora_scale"],
-        "fp16": opt["fp16"],
-        "device": device,
-        "cpu_offload": opt["cpu_offload"],
-    }
-    if mode == "instantid":
-        from hifi_portrait.loaders.instantid import instantid_embeddings
-
-        id_embeds, quality = instantid_embeddings(analyses, analyzer.embedder)
-        pipe = load_instantid_pipeline(
-            opt["base"], opt["instantid"], opt["identitynet"], controlnets=[c[1] for c in controlnets], **common
-        )
-    else:
-        pipe = load_pipeline(opt["base"], opt["adapter"], opt["image_encoder"], **common)
+    portraits_of = _load(opt, mode, device, controlnets, analyses, analyzer)
     t_load = time.perf_counter()
-    run_kw = {
-        "steps": opt["steps"],
-        "seed": opt["seed"],
-        "num_images": opt["num_images"],
-        "guidance_scale": opt["guidance_scale"],
-        "id_scale": opt["id_scale"],
-        "control_scale": opt["control_scale"],
-        "progress": logging.getLogger().getEffectiveLevel() <= logging.INFO,
-    }
     records = []
     for label, t, gen, maps in jobs:
-        main_map, *extra = maps.values()
-        if mode == "instantid":
-            extra_kw = {"extra_maps": extra, "extra_scales": [c[2] for c in controlnets]}
-            images = generate_instantid_portraits(
-                pipe, id_embeds, quality, main_map, opt["prompt"], opt["negative_prompt"], **run_kw, **extra_kw
-            )
-        else:
-            images = generate_portraits(pipe, analyses, main_map, opt["prompt"], opt["negative_prompt"], **run_kw)
+        images = portraits_of(list(maps.values()))
         names = []
         for i, image in enumerate(images):
             path = safe_child(out, f"{label + '_' if label else ''}portrait_{opt['seed']}_{i}.png")
@@ -542,6 +508,43 @@ def _run(opt: dict[str, Any]) -> None:
         typer.echo(f"wrote {sheet}")
     seconds = {"analysis": t_analysis - started, "load": t_load - t_analysis, "generation": t_gen - t_load}
     _write_settings(out, opt, mode, device, (width, height), ref_report, analyses, controlnets, records, seconds)
+
+
+def _load(opt: dict[str, Any], mode: str, device: str, controlnets, analyses, analyzer) -> Any:
+    """Load the pipeline once; returns ``portraits_of(maps)`` (main map first, then each --controlnet's map)."""
+    what = "InstantID (IdentityNet + ip-adapter)" if mode == "instantid" else "adapter"
+    what += "".join(f" + {name} ControlNet" for name, _, _ in controlnets)
+    typer.echo(f"[4/4] loading SDXL + {what} on {device}{' (fp16)' if opt['fp16'] else ''}")
+    common = {
+        "loras": opt["lora"],
+        "lora_scale": opt["lora_scale"],
+        "fp16": opt["fp16"],
+        "device": device,
+        "cpu_offload": opt["cpu_offload"],
+    }
+    run_kw = {
+        "steps": opt["steps"],
+        "seed": opt["seed"],
+        "num_images": opt["num_images"],
+        "guidance_scale": opt["guidance_scale"],
+        "id_scale": opt["id_scale"],
+        "control_scale": opt["control_scale"],
+        "progress": logging.getLogger().getEffectiveLevel() <= logging.INFO,
+    }
+    prompts = (opt["prompt"], opt["negative_prompt"])
+    if mode != "instantid":
+        pipe = load_pipeline(opt["base"], opt["adapter"], opt["image_encoder"], **common)
+        return lambda maps: generate_portraits(pipe, analyses, maps[0], *prompts, **run_kw)
+    from hifi_portrait.loaders.instantid import instantid_embeddings
+
+    id_embeds, quality = instantid_embeddings(analyses, analyzer.embedder)
+    pipe = load_instantid_pipeline(
+        opt["base"], opt["instantid"], opt["identitynet"], controlnets=[c[1] for c in controlnets], **common
+    )
+    scales = [c[2] for c in controlnets]
+    return lambda maps: generate_instantid_portraits(
+        pipe, id_embeds, quality, maps[0], *prompts, **run_kw, extra_maps=maps[1:], extra_scales=scales
+    )
 
 
 def _target_record(label: str, target: Any, gen: Any, maps: dict[str, Any], outputs: list[str], first: Any) -> dict:
