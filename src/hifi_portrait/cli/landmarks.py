@@ -2,7 +2,7 @@
 
 Writes, under ``--out``:
 
-* ``landmarks_<style>.png``: the conditioning map (``--style``: hifi, instantid, mediapipe, mesh);
+* ``landmarks_<style>.png``: the conditioning map (``--style``: hifi, instantid, mediapipe, mesh, openpose, dwpose);
 * ``overlay.png``: the first reference photo moved onto the target canvas with the map blended over it;
 * ``sweep_<axis>.png`` with ``--sweep yaw|pitch|roll``: a grid of maps over that angle's tested range;
 * ``landmarks.json``: the target (pose, blendshapes), the canvas, the 5 keypoints and the 478 landmarks;
@@ -104,7 +104,7 @@ def landmarks(
     ),
     driver: Path | None = typer.Option(None, help="Photo whose pose and expression (not face shape) are used."),
     size: str = typer.Option("1024x1024", help="Canvas WIDTHxHEIGHT in pixels."),
-    style: str = typer.Option("hifi", help="Map style: hifi, instantid, mediapipe or mesh."),
+    style: str = typer.Option("hifi", help="Map style: hifi, instantid, mediapipe, mesh, openpose or dwpose."),
     center: str = typer.Option("0.5,0.5", help="Face centre X,Y as fractions of the canvas."),
     face_height: float = typer.Option(0.5, help="Face height (forehead to chin) as a fraction of the canvas height."),
     box: str | None = typer.Option(None, help="Face box X1,Y1,X2,Y2 in pixels (overrides --center/--face-height)."),

@@ -12,6 +12,10 @@ Styles:
   also ``controlnet_aux``'s MediapipeFaceDetector): face oval, eyes, brows and lips contours 2 px wide in their
   colours, the two iris centres as 4x4 squares; every landmark is drawn (as the detector outputs them).
 * ``"mesh"``: mediapipe's default face-mesh style (grey tesselation, contours, irises) for previews.
+* ``"openpose"`` / ``"dwpose"``: the maps of public OpenPose ControlNets, drawn exactly as ``controlnet_aux``'s
+  OpenPose / DWPose detectors draw them: the 68 iBUG face points (+ pupils for OpenPose) and the head keypoints of
+  the body skeleton (:mod:`hifi_portrait.landmarks.openpose`; options ``shoulders``, ``body``, ``face``,
+  ``thick``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from hifi_portrait.errors import LandmarkError
 from hifi_portrait.landmarks import mesh as M
 from hifi_portrait.landmarks.generate import GeneratedLandmarks
 
-STYLES = ("hifi", "instantid", "mediapipe", "mesh")
+STYLES = ("hifi", "instantid", "mediapipe", "mesh", "openpose", "dwpose")
+#: Styles that take drawing options (``render_map(gen, style, **options)``).
+OPENPOSE_STYLES = ("openpose", "dwpose")
 
 # ---- InstantID: RGB colours of the 5 points, limbs from each point to the nose (index 2)
 _KPS_COLORS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
@@ -176,10 +182,23 @@ def draw_hifi(canvas: np.ndarray, gen: GeneratedLandmarks, line: int | None = No
     return canvas
 
 
-def render_map(gen: GeneratedLandmarks, style: str = "hifi") -> np.ndarray:
-    """The conditioning map of one target: ``(H, W, 3)`` uint8 RGB, the canvas size of ``gen``."""
+def render_map(gen: GeneratedLandmarks, style: str = "hifi", **options: bool) -> np.ndarray:
+    """The conditioning map of one target: ``(H, W, 3)`` uint8 RGB, the canvas size of ``gen``.
+
+    ``options`` go to the OpenPose styles (:func:`~hifi_portrait.landmarks.openpose.render_openpose`:
+    ``shoulders``, ``body``, ``face``, ``thick``); the other styles take none.
+    """
     if style not in STYLES:
         raise LandmarkError(f"unknown map style {style!r}; choose one of: {', '.join(STYLES)}.")
+    if style in OPENPOSE_STYLES:
+        from hifi_portrait.landmarks.openpose import DRAW_OPTIONS, render_openpose
+
+        unknown = sorted(set(options) - set(DRAW_OPTIONS))
+        if unknown:
+            raise LandmarkError(f"unknown option(s) {unknown} for style {style!r}; use: {', '.join(DRAW_OPTIONS)}.")
+        return render_openpose(gen, format=style, **options)
+    if options:
+        raise LandmarkError(f"style {style!r} takes no drawing options (got {sorted(options)}).")
     canvas = _canvas(gen)
     if style == "hifi":
         return draw_hifi(canvas, gen)
@@ -240,7 +259,7 @@ def from_detected(landmarks: np.ndarray, size: tuple[int, int]) -> GeneratedLand
     )
 
 
-def render_detected(landmarks: np.ndarray, size: tuple[int, int], style: str = "hifi") -> np.ndarray:
+def render_detected(landmarks: np.ndarray, size: tuple[int, int], style: str = "hifi", **options: bool) -> np.ndarray:
     """The conditioning map of detected ``(478, 3)`` landmarks on a ``size = (W, H)`` canvas (see
     :func:`from_detected`)."""
-    return render_map(from_detected(landmarks, size), style)
+    return render_map(from_detected(landmarks, size), style, **options)

@@ -190,16 +190,26 @@ def load_instantid_pipeline(
     fp16: bool = False,
     device: str = "cpu",
     cpu_offload: bool = False,
+    controlnets: Sequence[Path] = (),
 ) -> Any:
-    """SDXL + IdentityNet + InstantID's converted image projection and ID attention (+ LoRAs)."""
+    """SDXL + IdentityNet + InstantID's converted image projection and ID attention (+ LoRAs).
+
+    ``controlnets``: folders of extra SDXL ControlNets (diffusers layout, e.g. an OpenPose one), run beside
+    IdentityNet as a multi-ControlNet; they read the text while IdentityNet reads the ID tokens, as in InstantID's
+    multi-ControlNet pipeline. Their condition images follow IdentityNet's in ``pipe(image=[...])``.
+    """
     import torch
     from diffusers import ControlNetModel
 
     from hifi_portrait.loaders.instantid import load_instantid
     from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
+    from hifi_portrait.pipelines.multi_controlnet import MultiContextControlNetModel
 
     dtype = torch.float16 if fp16 else torch.float32
     controlnet = ControlNetModel.from_pretrained(str(identitynet), dtype=dtype, use_safetensors=True)
+    if controlnets:
+        extra = [ControlNetModel.from_pretrained(str(p), dtype=dtype, use_safetensors=True) for p in controlnets]
+        controlnet = MultiContextControlNetModel([controlnet, *extra])
     try:
         pipe = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(
             str(base), controlnet=controlnet, dtype=dtype, use_safetensors=True, add_watermarker=False
@@ -207,6 +217,8 @@ def load_instantid_pipeline(
     except (OSError, ValueError) as exc:
         raise ModelFilesMissingError(f"could not load the SDXL base {base} ({exc}). Needed: {WHERE_BASE}.") from None
     load_instantid(pipe, instantid)
+    if controlnets:
+        pipe.controlnet_context = ["id_tokens"] + ["text"] * len(controlnets)
     return _place(pipe, loras, lora_scale, device, cpu_offload)
 
 

@@ -270,6 +270,20 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             None if quality is None else quality.to(device),
         )
 
+    def _controlnet_hidden_states(
+        self, text: torch.Tensor, id_tokens: torch.Tensor | None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """What the extra ControlNet(s) cross-attend to, by ``self.controlnet_context``: ``"text"`` (default) or
+        ``"id_tokens"`` (InstantID's IdentityNet, hifi_portrait.loaders.instantid), or a list with one of these per
+        net of a :class:`~hifi_portrait.pipelines.multi_controlnet.MultiContextControlNetModel` (InstantID +
+        OpenPose: ``["id_tokens", "text"]``)."""
+        context = getattr(self, "controlnet_context", "text")
+
+        def pick(name: str) -> torch.Tensor:
+            return id_tokens if name == "id_tokens" and id_tokens is not None else text
+
+        return [pick(c) for c in context] if isinstance(context, (list, tuple)) else pick(context)
+
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def __call__(
@@ -583,10 +597,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                     d, m = controlnet(
                         latent_model_input,
                         t,
-                        # InstantID's IdentityNet reads the ID tokens, not the text (hifi_portrait.loaders.instantid)
-                        encoder_hidden_states=tokens_cfg
-                        if tokens_cfg is not None and getattr(self, "controlnet_context", "text") == "id_tokens"
-                        else prompt_embeds,
+                        encoder_hidden_states=self._controlnet_hidden_states(prompt_embeds, tokens_cfg),
                         controlnet_cond=cn_cond,
                         conditioning_scale=cn_scale,
                         guess_mode=False,
