@@ -45,3 +45,7 @@ class LandmarkError(HiFiPortraitError):
 
 class DatasetError(HiFiPortraitError):
     """A dataset is missing, empty or malformed."""
+
+
+class OutputError(HiFiPortraitError):
+    """An output folder cannot be written: disk full, quota exceeded, read-only, no permission (names the folder)."""

@@ -30,6 +30,7 @@ from PIL import Image
 
 from hifi_portrait.cli.common import safe_child, user_errors
 from hifi_portrait.errors import ConfigError, HiFiPortraitError, ImageLoadError, NoUsableReferencesError
+from hifi_portrait.utils.files import check_writable_dir, not_a_regular_file, writing_to
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +45,41 @@ def parse_policy(value: str) -> str | int:
     raise ConfigError(f"--policy must be 'largest', 'error' or a face index such as 0 or 1, not {value!r}")
 
 
+def _skip(path: Path, reason: str, error: str = "ImageLoadError") -> dict:
+    return {"file": str(path), "reason": reason, "error": error}
+
+
 def collect_inputs(paths: list[Path]) -> tuple[list[Path], list[dict]]:
-    """Files to analyse (folders expanded, not recursively, hidden files ignored) and paths that do not exist."""
+    """Files to analyse (folders expanded, not recursively, hidden files ignored) and the paths skipped, with why.
+
+    Every entry of a folder is either analysed or listed as skipped: sub-folders, dangling or looping symbolic
+    links, FIFOs, sockets and devices are skipped with their reason (none of them is opened, so a FIFO cannot
+    block the run); a folder that cannot be listed is skipped too.
+    """
     files: list[Path] = []
-    missing: list[dict] = []
+    skipped: list[dict] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")))
-        elif path.exists():
+            try:
+                entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+            except OSError as exc:
+                skipped.append(_skip(path, f"the folder cannot be listed ({exc.strerror or exc})"))
+                continue
+            for entry in entries:
+                reason = not_a_regular_file(entry)
+                if reason is None:
+                    files.append(entry)
+                elif reason.startswith("a folder"):
+                    skipped.append(_skip(entry, "a sub-folder (analyze reads the top level of a folder only)"))
+                else:
+                    skipped.append(_skip(entry, reason))
+            continue
+        reason = not_a_regular_file(path)
+        if reason is None:
             files.append(path)
         else:
-            missing.append({"file": str(path), "reason": "no such file or folder", "error": "ImageLoadError"})
-    return files, missing
+            skipped.append(_skip(path, "no such file or folder" if reason == "no such file" else reason))
+    return files, skipped
 
 
 def output_stem(path: Path, used: set[str]) -> str:
@@ -100,6 +124,57 @@ def write_mask_images(folder: Path, image: np.ndarray, analysis: Any, matting: A
         Image.fromarray(np.round(person.matte(image) * 255).astype(np.uint8)).save(folder / "matte.png")
 
 
+def _analyse_files(
+    files: list[Path], analyzer, policy: str | int, workers: int, out: Path, skipped: list[dict]
+) -> tuple[list, list[Path], dict[str, str]]:
+    """Analyse ``files`` a chunk at a time and write each face's folder; unusable files are appended to ``skipped``.
+
+    Returns the analyses, their output folders, and notes by source (a multi-page file: which page was used).
+    """
+    from tqdm import tqdm
+
+    from hifi_portrait.face import load_image
+    from hifi_portrait.face.visualize import landmark_overlay
+    from hifi_portrait.utils.image_io import count_frames
+
+    analyses, folders, notes, used = [], [], {}, set()
+    chunk = max(1, workers) * 4
+    with tqdm(total=len(files), desc="analysing faces", unit="photo") as progress:
+        for start in range(0, len(files), chunk):
+            loaded = []
+            for path in files[start : start + chunk]:
+                try:
+                    loaded.append((path, load_image(path)))
+                except ImageLoadError as exc:
+                    logger.warning("skipping %s: %s", path, exc)
+                    skipped.append(_skip(path, str(exc), type(exc).__name__))
+                    progress.update(1)
+                    continue
+                pages = count_frames(path)
+                if pages > 1:
+                    notes[str(path)] = f"{pages} pages or frames: only the first was analysed"
+                    logger.warning("%s has %d pages or frames: only the first is analysed", path, pages)
+            results = analyzer.analyze_many(
+                [image for _, image in loaded], policy=policy, workers=workers, sources=[str(p) for p, _ in loaded]
+            )
+            for (path, image), result in zip(loaded, results, strict=True):
+                progress.update(1)
+                if isinstance(result, HiFiPortraitError):
+                    logger.warning("skipping %s: %s", path, result)
+                    skipped.append(_skip(path, str(result), type(result).__name__))
+                    continue
+                folder = safe_child(out, output_stem(path, used))
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(result.arcface_crop).save(folder / "arcface.png")
+                Image.fromarray(result.encoder_crop).save(folder / "encoder.png")
+                write_mask_images(folder, image, result, analyzer.matting)
+                landmark_overlay(image, result).save(folder / "overlay.png")
+                result.save(folder / "analysis")
+                analyses.append(result)
+                folders.append(folder)
+    return analyses, folders, notes
+
+
 def analyze(
     photos: list[Path] = typer.Argument(..., help="Photos and/or folders of photos of one person."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created)."),
@@ -125,50 +200,17 @@ def analyze(
     Returns the kept :class:`~hifi_portrait.face.FaceSet` (without the outliers when ``--drop-outliers``) for callers
     in Python; annotated ``Any`` because typer evaluates annotations at start-up.
     """
-    from tqdm import tqdm
-
-    from hifi_portrait.face import FaceSet, load_image
-    from hifi_portrait.face.visualize import contact_sheet, landmark_overlay
+    from hifi_portrait.face import FaceSet
+    from hifi_portrait.face.visualize import contact_sheet
 
     with user_errors():
         face_policy = parse_policy(policy)
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(out)
         files, skipped = collect_inputs(list(photos))
         analyzer = _analyzer(min_face_px, min_sharpness, insightface, face_landmarker, mask)
-        analyses, folders, used, kept = [], [], set(), None
-        chunk = max(1, workers) * 4
-        with tqdm(total=len(files), desc="analysing faces", unit="photo") as progress:
-            for start in range(0, len(files), chunk):
-                loaded = []
-                for path in files[start : start + chunk]:
-                    try:
-                        loaded.append((path, load_image(path)))
-                    except ImageLoadError as exc:
-                        logger.warning("skipping %s: %s", path, exc)
-                        skipped.append({"file": str(path), "reason": str(exc), "error": type(exc).__name__})
-                        progress.update(1)
-                results = analyzer.analyze_many(
-                    [image for _, image in loaded],
-                    policy=face_policy,
-                    workers=workers,
-                    sources=[str(path) for path, _ in loaded],
-                )
-                for (path, image), result in zip(loaded, results, strict=True):
-                    progress.update(1)
-                    if isinstance(result, HiFiPortraitError):
-                        logger.warning("skipping %s: %s", path, result)
-                        skipped.append({"file": str(path), "reason": str(result), "error": type(result).__name__})
-                        continue
-                    folder = safe_child(out, output_stem(path, used))
-                    folder.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(result.arcface_crop).save(folder / "arcface.png")
-                    Image.fromarray(result.encoder_crop).save(folder / "encoder.png")
-                    write_mask_images(folder, image, result, analyzer.matting)
-                    landmark_overlay(image, result).save(folder / "overlay.png")
-                    result.save(folder / "analysis")
-                    analyses.append(result)
-                    folders.append(folder)
-
+        with writing_to(out):
+            analyses, folders, notes = _analyse_files(files, analyzer, face_policy, workers, out, skipped)
+        kept = None
         report: dict = {"inputs": [str(p) for p in photos], "policy": face_policy, "faces": [], "skipped": skipped}
         if analyses:
             fset = FaceSet.from_analyses(analyses)
@@ -196,6 +238,7 @@ def analyze(
                         "outlier": i in fset.outliers,
                         "dropped": drop_outliers and i in fset.outliers,
                     }
+                    | ({"note": notes[analysis.source]} if analysis.source in notes else {})
                 )
             report |= {
                 "identity_model": fset.identity_model,
@@ -206,11 +249,13 @@ def analyze(
                 "mask_method": analyses[0].mask_method,
                 "faceset": "faceset",
             }
-            if kept is not None:
-                kept.save(out / "faceset")
-            labels = [Path(a.source).name for a in analyses]
-            contact_sheet(analyses, labels, to_fused, fset.outliers).save(out / "contact_sheet.png")
-        (out / "report.json").write_text(json.dumps(report, indent=2))
+            with writing_to(out):
+                if kept is not None:
+                    kept.save(out / "faceset")
+                labels = [Path(a.source).name for a in analyses]
+                contact_sheet(analyses, labels, to_fused, fset.outliers).save(out / "contact_sheet.png")
+        with writing_to(out):
+            (out / "report.json").write_text(json.dumps(report, indent=2))
 
         if not analyses or kept is None:
             reasons = "; ".join(f"{Path(s['file']).name}: {s['error']}" for s in skipped[:5]) or "no input files"

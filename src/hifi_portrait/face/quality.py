@@ -14,6 +14,7 @@ A face smaller than ``min_face_px`` or with ``v < min_sharpness`` is *unusable*:
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -48,6 +49,21 @@ class QualityConfig:
     on_unusable: str = "raise"
 
     def __post_init__(self) -> None:
+        for name in ("min_face_px", "good_face_px", "min_sharpness", "sharpness_ref"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, not {value!r}")
+        for name in ("good_face_px", "sharpness_ref"):
+            if getattr(self, name) == 0:
+                raise ConfigError(f"{name} must be > 0 (it divides), not 0")
+        for name, weight in self.weights.items():
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, numbers.Real)
+                or not np.isfinite(weight)
+                or weight < 0
+            ):
+                raise ConfigError(f"quality weight {name!r} must be a finite number >= 0, not {weight!r}")
         if self.on_unusable not in ("raise", "warn"):
             raise ConfigError(f"on_unusable must be 'raise' or 'warn', not {self.on_unusable!r}")
         unknown = set(self.weights) - {"size", "sharpness", "frontalness", "confidence"}
