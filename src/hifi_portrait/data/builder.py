@@ -50,6 +50,7 @@ from hifi_portrait.data.writer import (
     write_webdataset_shard,
 )
 from hifi_portrait.errors import ConfigError, DatasetError, HiFiPortraitError
+from hifi_portrait.utils.files import check_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def _check_out_dir(out_dir: Path) -> None:
             raise ConfigError(
                 f"--out {out_dir} is not empty and is not a dataset folder of this tool; choose an empty or new folder"
             )
+    check_writable_dir(out_dir)  # a read-only or impossible --out fails now, not after the analysis
 
 
 def _factory_name(factory: AnalyzerFactory) -> str:

@@ -5,7 +5,9 @@
   cluster when ``RAY_ADDRESS`` is set (or ``ray.init`` was called), else starts a local Ray instance.
 
 Each finished shard is written by the worker itself, atomically, so that whatever the engine, an interrupted run
-keeps all completed shards.
+keeps all completed shards. Workers end with the builder, even when it is killed with ``kill -9``: pool workers
+watch their parent (:func:`~hifi_portrait.utils.lifetime.die_with_parent`), and the processes of a local Ray
+instance started here are killed by a guardian (:class:`~hifi_portrait.utils.lifetime.ProcessTreeReaper`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 from hifi_portrait.data.shards import ShardSpec, write_shard
 from hifi_portrait.data.stages import Analyzer, AnalyzerFactory, analyze_shard
 from hifi_portrait.errors import ConfigError
+from hifi_portrait.utils.lifetime import ProcessTreeReaper, die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ def _limit_threads() -> None:
 
 def _init_worker(factory: AnalyzerFactory) -> None:
     global _WORKER_ANALYZER
+    die_with_parent()
     _limit_threads()
     _WORKER_ANALYZER = factory()
 
@@ -114,19 +118,19 @@ def run_ray(
         raise ConfigError(
             "--engine ray needs Ray Data: pip install 'hifi-portrait[ray]' (or 'ray[data]'), or use --engine local"
         ) from None
-    started = False
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(
-            address=address,
-            num_cpus=None if address else max(1, workers),
-            include_dashboard=False,
-            ignore_reinit_error=True,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-        started = not address
+    address = os.environ.get("RAY_ADDRESS")
+    started = not ray.is_initialized() and not address
+    reaper = ProcessTreeReaper() if started else None  # a local instance must not outlive a killed builder
     try:
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                num_cpus=None if address else max(1, workers),
+                include_dashboard=False,
+                ignore_reinit_error=True,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = ray.data.from_items([{"spec": spec} for spec in specs], override_num_blocks=len(specs))
         ds = ds.map(
@@ -139,8 +143,10 @@ def run_ray(
             if progress:
                 progress(row)
     finally:
-        if started:
+        if started and ray.is_initialized():
             ray.shutdown()
+        if reaper is not None:
+            reaper.close()
 
 
 ENGINES = {"local": run_local, "ray": run_ray}

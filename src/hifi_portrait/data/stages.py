@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from hifi_portrait.data.inputs import InputItem
+from hifi_portrait.data.inputs import InputItem, TarMembers, open_regular
 from hifi_portrait.data.shards import SHARD_ARRAYS, ShardResult, ShardSpec
 from hifi_portrait.errors import (
     FaceNotFoundError,
@@ -151,26 +151,23 @@ def decode_image(data: bytes, key: str, max_pixels: int) -> np.ndarray:
 def iter_item_bytes(items: tuple[InputItem, ...] | list[InputItem]) -> Iterator[tuple[InputItem, bytes | Exception]]:
     """Yield ``(item, bytes)`` in order, opening each tar archive once; a read error is yielded, not raised."""
     with ExitStack() as stack:
-        tars: dict[str, tarfile.TarFile | Exception] = {}
+        tars: dict[str, TarMembers | Exception] = {}
         for item in items:
             try:
                 if not item.member:
-                    with open(item.path, "rb") as handle:
+                    with open_regular(item.path, item.key) as handle:
                         yield item, handle.read()
                     continue
                 if item.path not in tars:
                     try:
-                        tars[item.path] = stack.enter_context(tarfile.open(item.path))
-                    except (OSError, tarfile.TarError) as exc:
+                        tars[item.path] = TarMembers(stack.enter_context(tarfile.open(item.path)))
+                    except (OSError, tarfile.TarError, EOFError) as exc:
                         tars[item.path] = exc
                 tar = tars[item.path]
                 if isinstance(tar, Exception):
                     raise tar
-                handle = tar.extractfile(item.member)
-                if handle is None:
-                    raise ImageLoadError(f"{item.key}: not a regular file in the archive")
-                yield item, handle.read()
-            except (OSError, tarfile.TarError, KeyError, ImageLoadError) as exc:
+                yield item, tar.read(item)
+            except (OSError, tarfile.TarError, KeyError, EOFError, ImageLoadError) as exc:
                 yield item, exc
 
 
