@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,18 @@ def tiny_sdxl(tmp_path_factory) -> dict[str, Path]:
     StableDiffusionXLPipeline(**comps).save_pretrained(root / "sdxl")
     encoder.save_pretrained(root / "image_encoder")
     return {"sdxl": root / "sdxl", "image_encoder": root / "image_encoder"}
+
+
+@pytest.fixture(scope="session")
+def built_dataset(tmp_path_factory):
+    """Two people (bundled obama photos, ids/alex_lacamoire), labelled by folder, built with the real analyzer."""
+    from hifi_portrait.data import BuilderConfig, build_dataset
+
+    src = tmp_path_factory.mktemp("photos")
+    (src / "obama").mkdir()
+    for name in ("obama.jpg", "obama2.jpg", "obama3.jpg"):
+        shutil.copy(DATA / name, src / "obama" / name)
+    shutil.copytree(DATA / "ids" / "alex_lacamoire", src / "alex_lacamoire")
+    out = tmp_path_factory.mktemp("built") / "dataset"
+    build_dataset([src], out, BuilderConfig(workers=1, shard_size=8, labels="folders"), progress=False)
+    return out

@@ -47,4 +47,11 @@ def test_training_rng_state_roundtrip():
     other = TrainingRNG(99)
     other.load_state_dict(state)
     assert torch.equal(other.randn((4, 2)), expected)
-    assert not torch.equal(TrainingRNG(7, process_index=1).randn((5,)), TrainingRNG(7).randn((5,)))
+    # with 2 processes each one keeps its half of the global batch's numbers: together, the 1-process draw
+    draws = [("randn", (3, 2)), ("rand", (3, 4)), ("randint", (3,))]
+    for name, shape in draws:
+        args = (1000, shape) if name == "randint" else (shape,)
+        global_args = (1000, (6, *shape[1:])) if name == "randint" else ((6, *shape[1:]),)
+        halves = [getattr(TrainingRNG(7, process_index=i, num_processes=2), name)(*args) for i in range(2)]
+        assert not torch.equal(halves[0], halves[1])
+        assert torch.equal(torch.cat(halves), getattr(TrainingRNG(7), name)(*global_args))

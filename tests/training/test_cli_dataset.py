@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 
-import pytest
 import torch
 import yaml
 from safetensors import safe_open
-from training_helpers import DATA, tiny_config
+from training_helpers import tiny_config
 from typer.testing import CliRunner
 
 from hifi_portrait.cli.main import app
 from hifi_portrait.training.data import collate_samples, face_mask_from_landmark_map
-
-
-@pytest.fixture(scope="session")
-def built_dataset(tmp_path_factory):
-    """Two people (bundled obama photos, ids/alex_lacamoire), labelled by folder, built with the real analyzer."""
-    from hifi_portrait.data import BuilderConfig, build_dataset
-
-    src = tmp_path_factory.mktemp("photos")
-    (src / "obama").mkdir()
-    for name in ("obama.jpg", "obama2.jpg", "obama3.jpg"):
-        shutil.copy(DATA / name, src / "obama" / name)
-    shutil.copytree(DATA / "ids" / "alex_lacamoire", src / "alex_lacamoire")
-    out = tmp_path_factory.mktemp("built") / "dataset"
-    build_dataset([src], out, BuilderConfig(workers=1, shard_size=8, labels="folders"), progress=False)
-    return out
 
 
 def _write_config(path, cfg) -> None:

@@ -129,6 +129,15 @@ def reference_input(batch: dict, matte: bool = True) -> torch.Tensor:
     return refs
 
 
+def sample_latents(latent_dist, rng: TrainingRNG) -> torch.Tensor:
+    """``latent_dist.sample()`` with the step's generator (drawn for the global batch, see :class:`TrainingRNG`);
+    bit-identical to diffusers' ``DiagonalGaussianDistribution.sample(generator)`` in a single process."""
+    if not hasattr(latent_dist, "std"):  # a deterministic "distribution"
+        return latent_dist.sample(generator=rng.generator)
+    eps = rng.randn(tuple(latent_dist.mean.shape), dtype=latent_dist.parameters.dtype)
+    return latent_dist.mean + latent_dist.std * eps.to(latent_dist.mean.device)
+
+
 @dataclass
 class StepOutput:
     loss: torch.Tensor
@@ -162,7 +171,7 @@ def compute_step(
 
     with torch.no_grad():
         latent_dist = vae.encode(pixel_values.to(vae.dtype)).latent_dist
-        latents = latent_dist.sample(generator=rng.generator) * vae.config.scaling_factor
+        latents = sample_latents(latent_dist, rng) * vae.config.scaling_factor
     latents = latents.float()
 
     noise = rng.randn(tuple(latents.shape))

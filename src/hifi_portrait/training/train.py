@@ -16,6 +16,7 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -97,7 +98,20 @@ def _make_accelerator(cfg: TrainingConfig):
         mixed_precision=cfg.train.mixed_precision,
         log_with=log_with,
         project_config=project,
+        cpu=_distributed_without_accelerator(),
     )
+
+
+def _distributed_without_accelerator() -> bool:
+    """Several processes (``accelerate launch --multi_gpu --num_processes N``) on a machine without a GPU.
+
+    accelerate only sets up CPU processes (gloo) when told ``cpu=True`` (or ``ACCELERATE_USE_CPU``); otherwise
+    each process silently trains alone. So a multi-process launch on a machine without an accelerator runs on CPU.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    available = getattr(getattr(torch, "accelerator", None), "is_available", None)
+    return not (available() if available is not None else torch.cuda.is_available())
 
 
 def _reset_accelerate_state() -> None:
@@ -235,7 +249,7 @@ def train(
 
         ema = EMAModel(inner.trainable_parameters(), decay=cfg.train.ema_decay)
         ema.to(device)
-    rng = TrainingRNG(cfg.train.seed, device=device, process_index=accelerator.process_index)
+    rng = TrainingRNG(cfg.train.seed, device, accelerator.process_index, accelerator.num_processes)
 
     # checkpoints: our modules as one adapter file, EMA and the step RNG as safetensors; no pickle of ours
     def save_model_hook(models, weights, output_dir):
@@ -420,14 +434,26 @@ def _move(module: nn.Module | None, device: torch.device, dtype: torch.dtype) ->
 
 
 def _save_checkpoint(accelerator, out_dir: Path, step: int, total_limit: int | None) -> None:
-    """Rotate (main process), then ``save_state`` on every process: each one writes its own RNG states."""
+    """Write ``checkpoint-{step}`` whole or not at all, with every process's state in it.
+
+    Every process saves into ``.tmp-checkpoint-{step}`` (each writes its own RNG states); once all are done the
+    main process renames it. A run killed while saving (one rank killed, a node lost) leaves only the temporary
+    folder, which ``--resume latest`` ignores and the next save removes.
+    """
+    final, tmp = out_dir / f"checkpoint-{step}", out_dir / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process:
+        for leftover in out_dir.glob(".tmp-checkpoint-*"):
+            shutil.rmtree(leftover)
         rotate_checkpoints(out_dir, total_limit)
     accelerator.wait_for_everyone()
-    path = out_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(path))
+    accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
-    logger.info("saved state to %s", path)
+    if accelerator.is_main_process:
+        if final.exists():  # the same step saved again by a resumed run
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    logger.info("saved state to %s", final)
 
 
 def main(argv: list[str] | None = None) -> int:
