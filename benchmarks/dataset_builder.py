@@ -3,6 +3,7 @@
     python benchmarks/dataset_builder.py                      # both parts, defaults below
     python benchmarks/dataset_builder.py --images 240 --workers 1 2 --cluster-n 1000000 --dims 128 512
     python benchmarks/dataset_builder.py --skip-images --cluster-n 200000 --dims 128
+    python benchmarks/dataset_builder.py --quick   # seconds: 8 images, 2000 vectors (CI)
 
 End to end: ``--images`` distinct photos are made from the bundled real photos (tests/data, tests/data/ids) by
 flips, crops, rescaling and colour changes, and built into a dataset (no captioning model: template captions) with
@@ -172,7 +173,10 @@ def main() -> None:
     parser.add_argument("--skip-images", action="store_true")
     parser.add_argument("--skip-clustering", action="store_true")
     parser.add_argument("--write", action="store_true", help="append to benchmarks/results/dataset_builder.md")
+    parser.add_argument("--quick", action="store_true", help="seconds: smallest sizes, one round (CI checks it runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.workers, args.cluster_n, args.dims = 8, [1], 2000, [128]
     where = machine()
     print(f"machine: {where}")
     rows_img, rows_cl = [], []

@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/eval_identity_roc.py [--ids tests/data/ids] [--insightface DIR] [--out benchmarks/results]
+    python benchmarks/eval_identity_roc.py --quick   # seconds: 2 photos of 2 people + 1 distractor, no files (CI)
 
 Every photo of ``--ids`` (one folder per person; ``_distractors/`` = one photo per extra person) is analysed;
 every pair is labelled same/different person; the ROC AUC (Mann-Whitney) of the cosine similarity is reported per
@@ -29,7 +30,12 @@ def main() -> None:
     parser.add_argument("--ids", type=Path, default=ROOT / "tests" / "data" / "ids")
     parser.add_argument("--insightface", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--quick", action="store_true", help="seconds: smallest sizes, one round (CI checks it runs)")
     args = parser.parse_args()
+    if args.quick:
+        import tempfile
+
+        args.out = Path(tempfile.mkdtemp(prefix="hp-roc-"))  # the committed results stay as they are
 
     from hifi_portrait.face import FaceAnalyzer, InsightFaceEmbedder, QualityConfig
 
@@ -42,6 +48,11 @@ def main() -> None:
             continue
         person = path.stem if path.parent.name == "_distractors" else path.parent.name
         photos.append((person, path))
+    if args.quick:
+        people = sorted({p for p, path in photos if path.parent.name != "_distractors"})[:2]
+        photos = [x for p in people for x in photos if x[0] == p][:4] + [
+            x for x in photos if x[1].parent.name == "_distractors"
+        ][:1]
     t0 = time.perf_counter()
     analysed = [(person, path, evaluator.analyze(path)) for person, path in photos]
     seconds = time.perf_counter() - t0

@@ -3,15 +3,17 @@
 Usage::
 
     python benchmarks/face_analysis.py [--rounds 5] [--markdown benchmarks/results/face_analysis.md]
+    python benchmarks/face_analysis.py --quick   # seconds: 2 photos at 256 px, one round (CI)
 
 Images: the bundled single-person photos resized so that their longer side is 512 px (one face each). Both
 pipelines load their models once and are warmed up on every image before timing; then ``--rounds`` passes over
 the images are timed. Reported: faces per second (wall clock and process CPU time), per-stage medians of our
 pipeline, and the ratio ours / face_recognition.
 
-* ours: ``FaceAnalyzer().analyze(image)``: RetinaFace detection, mediapipe FaceLandmarker (478 landmarks,
-  blendshapes, pose) on the face crop, dlib ResNet identity (PyTorch port), ArcFace 112 and 512 px aligned crops,
-  landmark mask, quality score. Much more output per face than the baseline.
+* ours: ``FaceAnalyzer().analyze(image)``: RetinaFace detection, the orientation check (the face crop detected in
+  its 4 quarter turns), mediapipe FaceLandmarker (478 landmarks, blendshapes, pose) on the face crop, dlib ResNet
+  identity (PyTorch port), ArcFace 112 and 512 px aligned crops, landmark mask, quality score. Much more output per
+  face than the baseline. Also timed without the orientation check (``check_orientation=False``).
 * face_recognition: ``face_locations(image, model="hog")`` + ``face_encodings(image, locations)`` (dlib HOG
   detector, 5-point shape predictor, dlib ResNet in dlib): detection + identity only.
 """
@@ -93,7 +95,11 @@ def bench_ours(images, rounds):
         t4 = time.perf_counter()
         for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             stages[key].append(value * 1000)
-    return result, parallel, {k: statistics.median(v) for k, v in stages.items()}
+    upright_only = FaceAnalyzer(check_orientation=False)  # what the orientation check costs
+    for img in images:
+        upright_only.analyze(img)
+    no_check = _time(lambda im: int(upright_only.analyze(im) is not None), images, rounds)
+    return result, parallel, no_check, {k: statistics.median(v) for k, v in stages.items()}
 
 
 def bench_face_recognition(images, rounds):
@@ -101,6 +107,14 @@ def bench_face_recognition(images, rounds):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        try:
+            import face_recognition_models  # noqa: F401  (imports pkg_resources: setuptools < 81)
+        except ImportError as exc:
+            raise SystemExit(
+                f"the face_recognition baseline cannot load its models ({exc}): face_recognition_models imports "
+                "pkg_resources, which setuptools >= 81 removed; `bash scripts/install.sh dev` pins setuptools<81 "
+                "(or run `pip install 'setuptools<81'`)."
+            ) from None
         import face_recognition
 
     def run(img):
@@ -120,10 +134,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--side", type=int, default=512, help="longer side of the test photos, pixels")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the result table here")
+    parser.add_argument("--quick", action="store_true", help="seconds: smallest sizes, one round (CI checks it runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.side = 1, 256
 
-    images = _images(args.side)
-    (o_wall, o_cpu, o_faces), (p_wall, p_cpu, p_faces), stages = bench_ours(images, args.rounds)
+    images = _images(args.side)[: 2 if args.quick else None]
+    (o_wall, o_cpu, o_faces), (p_wall, p_cpu, p_faces), (n_wall, n_cpu, n_faces), stages = bench_ours(
+        images, args.rounds
+    )
     fr_wall, fr_cpu, fr_faces = bench_face_recognition(images, args.rounds)
     ours, theirs = o_faces / o_wall, fr_faces / fr_wall
     rows = [
@@ -134,6 +153,7 @@ def main() -> None:
             o_cpu,
         ),
         ("hifi-portrait default, `analyze_many(workers=2)`", p_faces, p_wall, p_cpu),
+        ("hifi-portrait, 1 worker, `check_orientation=False` (no 4-way orientation check)", n_faces, n_wall, n_cpu),
         ("face_recognition 1.3 (HOG detection + dlib encoding)", fr_faces, fr_wall, fr_cpu),
     ]
     lines = [

