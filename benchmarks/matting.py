@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/matting.py [--rounds 20] [--markdown benchmarks/results/matting.md]
+    python benchmarks/matting.py --quick   # seconds: 2 photos, 2 rounds, nothing written (CI)
 
 For each photo with a hand-drawn hair region (``tests/data/hair_regions.json``, drawn by hand, not by a model) the
 faces are analysed once; then, on one core (LiteRT 1 thread, OpenCV 1 thread), per photo:
@@ -62,7 +63,7 @@ def _edge_strength(crop: np.ndarray, mask: np.ndarray) -> float:
     return float((image_edges * mask_edges).sum() / max(mask_edges.sum(), 1e-6))
 
 
-def measure(rounds: int) -> list[dict]:
+def measure(rounds: int, limit: int | None = None) -> list[dict]:
     from hifi_portrait.face import FaceAnalyzer, LandmarkHullMatting, PersonMatting, SelfieHeadMatting, load_image
     from hifi_portrait.face.alignment import transform_points
     from hifi_portrait.face.matting import mask_to_photo
@@ -71,7 +72,8 @@ def measure(rounds: int) -> list[dict]:
     analyzer = FaceAnalyzer()
     head, plain, hull = analyzer.matting, SelfieHeadMatting(PersonMatting(refine=False)), LandmarkHullMatting()
     rows = []
-    for name, polygon in json.loads((DATA / "hair_regions.json").read_text())["polygons"].items():
+    polygons = list(json.loads((DATA / "hair_regions.json").read_text())["polygons"].items())
+    for name, polygon in polygons[:limit]:
         image = load_image(DATA / name)
         fa = analyzer.analyze(image)
         crop, lm = fa.encoder_crop, transform_points(fa.landmarks, fa.encoder_affine)
@@ -138,8 +140,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--markdown", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--quick", action="store_true", help="seconds: 2 photos, 2 rounds (CI checks it runs)")
     args = parser.parse_args()
-    rows = measure(args.rounds)
+    if args.quick:
+        args.rounds, args.markdown = 2, None
+    rows = measure(args.rounds, limit=2 if args.quick else None)
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     text = "\n".join(
         [
