@@ -36,8 +36,8 @@ KNOWN_ABOVE = {
     # yaw -46: the points other than the jaw alone add 0.058 (dlib and the mesh disagree on the lips and nose of a
     # face this turned); no jaw line can bring it under 0.05
     "group_t1.jpg": 0.095,
-    # yaw -29 with roll 29 and yaw -21, 40-50 px between the eyes: jaw 0.086 and 0.073 after the contour step
-    # (0.118 and 0.101 on fixed vertices)
+    # yaw -29 with roll 29 and yaw -21, 30 and 33 px between the outer eye corners: jaw 0.086 and 0.073 after the
+    # contour step (0.118 and 0.101 on fixed vertices), mostly along the outline
     "group_t1.jpg #3": 0.058,
     "group_t1.jpg #4": 0.053,
     # cut by the frame: dlib guesses the jaw points outside the image
