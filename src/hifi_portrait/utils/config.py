@@ -1,0 +1,509 @@
+"""One strict config layer for every YAML/JSON config (``build-dataset --config``, ``train --config``).
+
+Two jobs, both before any work starts:
+
+* **Reading** (:func:`read_config_file`, :func:`parse_yaml`, :func:`parse_json`): a config file is a regular
+  UTF-8 file of at most :data:`MAX_CONFIG_BYTES`. YAML is first scanned as a stream of parser events, *before*
+  anything is constructed, and refused (``ConfigError`` naming the file and line) if it has an alias or anchor
+  (``&a`` / ``*a``: the "billion laughs" expansion), an explicit tag (``!!python/object``, ``!!binary``, ``!!set``
+  ...), a duplicate key, a merge key (``<<``), a non-scalar key, more than one document or nesting deeper than
+  :data:`MAX_DEPTH`. JSON is refused on duplicate keys, ``NaN``/``Infinity`` and excessive nesting.
+* **Validating** (:class:`ConfigModel`): pydantic v2 models in strict mode. Every field has a type and a range;
+  unknown keys are an error with a "did you mean" suggestion; ``bool`` fields take only real booleans (YAML
+  ``true``/``false``; PyYAML also reads ``yes``/``no``/``on``/``off`` as booleans), never ``1`` or ``"maybe"``;
+  ``int`` fields refuse booleans and floats; ``float`` fields take integers, numeric strings (PyYAML reads
+  ``1e-4`` as a string) and refuse ``nan``/``inf``. Construction, :meth:`ConfigModel.from_dict` and attribute
+  assignment all validate, and raise :class:`~hifi_portrait.errors.ConfigError` naming the field (and the line,
+  or the command-line option, it came from).
+
+pydantic was chosen over extending our own checker: strict types, ranges, nan/inf refusal and assignment
+validation are declared per field (one line each) and enforced by a tested library, not re-implemented per loader.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import reprlib
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from hifi_portrait.errors import ConfigError
+
+#: Largest config file read (bytes); real configs are a few KiB.
+MAX_CONFIG_BYTES = 1 << 20
+#: Deepest nesting of mappings/lists in a config file (real configs use 3 levels).
+MAX_DEPTH = 16
+#: Most problems listed in one error message.
+MAX_LISTED_ERRORS = 5
+
+#: Where a value came from, by key path: ``"file.yaml, line 3"`` or ``"--set optim.learning_rate=1"``.
+Origins = dict[tuple[str, ...], str]
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_short.maxlist = _short.maxdict = _short.maxtuple = _short.maxset = 4
+_short.maxlevel = 2
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` bounded in length and depth (safe for any parsed config value)."""
+    return _short.repr(value)
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def read_config_text(path: str | Path, option: str = "--config") -> str:
+    """The text of a config file: a regular file, at most :data:`MAX_CONFIG_BYTES`, UTF-8.
+
+    Raises:
+        ConfigError: missing, not a regular file (folder, FIFO, device), too large, unreadable or not UTF-8.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist; pass an existing YAML or JSON file to {option}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {path} cannot be read ({exc.strerror}); check the path and permissions"
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(
+            f"config file {path} is not a regular file (a folder, pipe or device); pass a YAML or JSON file"
+        )
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is {info.st_size} bytes, more than the {MAX_CONFIG_BYTES} allowed for a config; "
+            "is it the right file?"
+        )
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its permissions") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than the {MAX_CONFIG_BYTES} bytes allowed for a config")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML or JSON"
+        ) from None
+
+
+def read_config_file(path: str | Path, option: str = "--config") -> tuple[dict[str, Any], Origins]:
+    """Parse a config file (``.json``: JSON, anything else: YAML) into a mapping and the line of every key.
+
+    An empty file (or a YAML ``null``) is an empty mapping (all defaults).
+
+    Raises:
+        ConfigError: see :func:`read_config_text`, :func:`parse_yaml` and :func:`parse_json`.
+    """
+    path = Path(path)
+    text = read_config_text(path, option)
+    if path.suffix.lower() == ".json":
+        data, origins = parse_json(text, str(path))
+    else:
+        data, origins = parse_yaml(text, str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys to values (key: value lines), "
+            f"got {type(data).__name__} {short_repr(data)}"
+        )
+    return data, origins
+
+
+def _at(source: str, mark: Any) -> str:
+    return f"{source}, line {mark.line + 1}" if mark is not None else source
+
+
+def scan_yaml_events(text: str, source: str) -> Origins:
+    """Check a YAML text's parser events, before construction; returns the line of every mapping key path.
+
+    Raises:
+        ConfigError: alias, anchor, explicit tag, duplicate / merge / non-scalar key, several documents, nesting
+            deeper than :data:`MAX_DEPTH`, or a syntax error (each naming the line).
+    """
+    origins: Origins = {}
+    # one frame per open collection: [is_mapping, expecting_key, {key: line}, path, pending_key, item_count]
+    stack: list[list[Any]] = []
+    documents = 0
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            where = _at(source, event.start_mark)
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise ConfigError(f"{where}: a config file holds one YAML document; remove the second '---'")
+            elif isinstance(event, yaml.AliasEvent):
+                raise ConfigError(
+                    f"{where}: YAML aliases (*{event.anchor}) are not allowed in a config; write the value out"
+                )
+            elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+                if event.anchor is not None:
+                    raise ConfigError(
+                        f"{where}: YAML anchors (&{event.anchor}) are not allowed in a config; write values out"
+                    )
+                if event.tag is not None:
+                    raise ConfigError(
+                        f"{where}: YAML tags ({event.tag}) are not allowed in a config; use plain values"
+                    )
+                path: tuple[str, ...] = ()
+                if stack:
+                    frame = stack[-1]
+                    if frame[0] and frame[1]:  # a mapping key
+                        if not isinstance(event, yaml.ScalarEvent):
+                            raise ConfigError(f"{where}: mapping keys must be plain names, not lists or mappings")
+                        key = event.value
+                        if key == "<<":
+                            raise ConfigError(f"{where}: YAML merge keys (<<) are not allowed in a config")
+                        if key in frame[2]:
+                            raise ConfigError(
+                                f"{where}: duplicate key {short_repr(key)} (first on line {frame[2][key]}); "
+                                "each key may appear once"
+                            )
+                        frame[2][key] = event.start_mark.line + 1
+                        frame[1], frame[4] = False, key
+                        origins[(*frame[3], key)] = where
+                        continue
+                    if frame[0]:
+                        frame[1] = True
+                        path = (*frame[3], frame[4])
+                    else:
+                        path = (*frame[3], str(frame[5]))
+                        frame[5] += 1
+                if isinstance(event, yaml.CollectionStartEvent):
+                    if len(stack) >= MAX_DEPTH:
+                        raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels; a config is not that deep")
+                    stack.append([isinstance(event, yaml.MappingStartEvent), True, {}, path, None, 0])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                stack.pop()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise ConfigError(f"{_at(source, mark)}: could not be parsed, not valid YAML ({exc.problem})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} could not be parsed, not valid YAML ({exc})") from None
+    return origins
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, Origins]:
+    """Safely parse YAML: :func:`scan_yaml_events` first, then ``safe_load`` (plain values only)."""
+    origins = scan_yaml_events(text, source)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(text, Loader=loader), origins  # noqa: S506 - a safe loader, and events checked above
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} could not be parsed, not valid YAML ({exc})") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. an integer of 5000 digits
+        raise ConfigError(f"{source}: a value could not be read ({short_repr(str(exc))})") from None
+
+
+def parse_json(text: str, source: str) -> tuple[Any, Origins]:
+    """Parse JSON refusing duplicate keys, ``NaN``/``Infinity`` and nesting deeper than :data:`MAX_DEPTH`."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise ConfigError(f"{source}{_json_line(text, key)}: duplicate key {short_repr(key)}")
+            out[key] = value
+        return out
+
+    def constant(name: str) -> Any:
+        raise ConfigError(f"{source}: {name} is not a number a config accepts; use a finite number")
+
+    depth = current = 0
+    in_string = escaped = False
+    for char in text:  # bound the nesting before json recurses
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            current += 1
+            depth = max(depth, current)
+        elif char in "]}":
+            current -= 1
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{source}: nested deeper than {MAX_DEPTH} levels; a config is not that deep")
+    try:
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant), {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}, line {exc.lineno}: could not be parsed, not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{source}: a value could not be read ({short_repr(str(exc))})") from None
+
+
+def _json_line(text: str, key: str) -> str:
+    token = json.dumps(key)
+    first = text.find(token)
+    second = text.find(token, first + 1) if first >= 0 else -1
+    return f", line {text.count(chr(10), 0, second) + 1}" if second >= 0 else ""
+
+
+def parse_value(raw: str, source: str) -> Any:
+    """One value given on the command line, read as YAML (``1e-4``, ``true``, ``[a, b]``) by the safe parser."""
+    if not raw.strip():
+        return None
+    value, _ = parse_yaml(raw, source)
+    return value
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str] | None, origins: Origins | None = None, min_parts: int = 1
+) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values read by :func:`parse_value`) to ``data`` in place.
+
+    Raises:
+        ConfigError: an override without ``=``, with fewer than ``min_parts`` dotted parts, or below a value that
+            is not a mapping.
+    """
+    for item in overrides or []:
+        dotted, sep, raw = item.partition("=")
+        keys = tuple(part.strip() for part in dotted.split("."))
+        if not sep or len(keys) < min_parts or not all(keys):
+            example = "section.key=value (e.g. optim.learning_rate=1e-4)" if min_parts > 1 else "key=value"
+            raise ConfigError(f"--set: override {short_repr(item)} must look like {example}")
+        set_path(data, keys, parse_value(raw, f"--set {item}"), origins, f"--set {item}")
+    return data
+
+
+def set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any, origins: Origins | None, origin: str) -> None:
+    """``data[k0][k1]...[kn] = value``, creating mappings on the way; records ``origin`` for the path."""
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: {'.'.join(keys[: depth + 1])} is not a mapping, cannot set {keys[-1]!r}")
+        node = child
+    node[keys[-1]] = value
+    if origins is not None:
+        origins[keys] = origin
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def _number_from_string(value: Any) -> Any:
+    """PyYAML reads ``1e-4`` (no dot) as a string: accept a string that is clearly a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+_IMPORT_SPEC = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_import_spec(value: str) -> str:
+    if not _IMPORT_SPEC.fullmatch(value):
+        raise ValueError("must look like 'package.module:function' (a module path, a colon, a name)")
+    return value
+
+
+#: ``"package.module:name"``: user code imported (and run) by the builder or the trainer; checked for form here.
+ImportSpec = Annotated[str, AfterValidator(_check_import_spec)]
+
+#: A float field: also takes ints and numeric strings; ``nan``/``inf`` are refused by the models' config.
+Float = Annotated[float, BeforeValidator(_number_from_string)]
+
+_TYPE_WORDS = {
+    "int_type": "int",
+    "int_from_float": "int",
+    "float_type": "float (a number)",
+    "bool_type": "bool (true or false)",
+    "string_type": "str (text)",
+    "list_type": "a list",
+    "dict_type": "a mapping of keys to values",
+    "model_type": "a mapping of keys to values",
+}
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+class ConfigModel(BaseModel):
+    """Base of every config section: strict types, ranges, unknown keys refused, validated on assignment.
+
+    Subclasses set ``_docs`` (where the keys are documented) and, for a top level made of sections,
+    ``_sections = True`` (unknown top-level keys are then called sections in messages).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        validate_assignment=True,
+        validate_default=False,
+        revalidate_instances="never",
+    )
+    _docs: ClassVar[str] = ""
+    _sections: ClassVar[bool] = False
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, type(self), "config", {})) from None
+
+    # as pydantic's RootModel does: a plain wrapper, so nested sections are validated by the core (with full paths)
+    # and never through this __init__
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, type(self), "config", {})) from None
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "config", origins: Origins | None = None) -> Any:
+        """Validate a nested mapping; ``source`` (a file name) and ``origins`` (key lines) name it in errors."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{source}: the top level must be a mapping of keys to values, got {type(data).__name__} "
+                f"{short_repr(data)}"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc, cls, source, origins or {})) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of every value, defaults included (YAML/JSON-serializable)."""
+        return self.model_dump(mode="python")
+
+
+def _field_at(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
+    """The model owning the last element of ``loc`` and that field's info (``None`` where not a model field)."""
+    owner: type[BaseModel] | None = model
+    info = None
+    for part in loc:
+        if owner is None or not isinstance(part, str) or part not in owner.model_fields:
+            return (owner if part == loc[-1] else None), None
+        info = owner.model_fields[part]
+        if part == loc[-1]:
+            return owner, info
+        annotation = info.annotation
+        owner = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return owner, info
+
+
+def _problem(error: Mapping[str, Any], model: type[ConfigModel]) -> tuple[tuple[str, ...], str]:
+    loc = tuple(str(part) for part in error["loc"])
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    name = ".".join(loc) or "the top level"
+    owner, info = _field_at(model, loc)
+    if kind == "extra_forbidden":
+        known = list(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        if len(loc) == 1:
+            what = "section" if model._sections else "key"
+            text = f"unknown {what} {loc[0]!r}.{hint} Known {what}s: {', '.join(known)}."
+        else:
+            text = f"unknown key {loc[-1]!r} in section {'.'.join(loc[:-1])!r}.{hint} Known keys: {', '.join(known)}."
+        return loc, text
+    if kind == "invalid_key":
+        return loc, f"keys must be names (text), got {short_repr(loc[-1])} in {'.'.join(loc[:-1]) or 'the top level'}"
+    nullable = info is not None and _allows_none(info.annotation)
+    or_null = " or null" if nullable else ""
+    if kind == "model_type":
+        what = "section" if len(loc) == 1 and model._sections else "key"
+        text = f"{what} {name!r} must be a mapping of keys to values{or_null}, got {short_repr(value)}"
+    elif kind in _TYPE_WORDS:
+        text = f"{name} must be {_TYPE_WORDS[kind]}{or_null}, got {short_repr(value)} ({type(value).__name__})"
+    elif kind == "finite_number":
+        text = f"{name} must be a finite number, got {short_repr(value)}"
+    elif kind == "literal_error":
+        text = f"{name} must be one of {ctx.get('expected', '?')}; got {short_repr(value)}"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        text = f"{name} must be {_range_text(info, ctx)}{or_null}, got {short_repr(value)}"
+    elif kind in ("string_too_long", "too_long", "string_too_short", "too_short", "string_pattern_mismatch"):
+        text = f"{name} {error['msg'].lower()}, got {short_repr(value)}"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        text = f"{name}: {message}" + (f", got {short_repr(value)}" if loc and value is not None else "")
+    description = getattr(info, "description", None)
+    if description and kind != "model_type":
+        text += f" ({name.rsplit('.', 1)[-1]}: {description})"
+    return loc, text
+
+
+def _range_text(info: Any, ctx: Mapping[str, Any]) -> str:
+    """``"in [0, 1]"``, ``"in (0, 1)"``, ``">= 1"`` from a field's bounds (or the failed one from ``ctx``)."""
+    bounds = {k: v for m in getattr(info, "metadata", []) for k in _BOUNDS if (v := getattr(m, k, None)) is not None}
+    bounds = bounds or {k: v for k, v in ctx.items() if k in _BOUNDS}
+    low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = (bounds["le"], "]") if "le" in bounds else (bounds["lt"], ")") if "lt" in bounds else None
+    if low and high:
+        return f"in {low[0]}{_num(low[1])}, {_num(high[0])}{high[1]}"
+    return " and ".join(f"{_BOUNDS[k]} {_num(v)}" for k, v in bounds.items()) or "in range"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _allows_none(annotation: Any) -> bool:
+    import typing
+
+    return annotation is type(None) or type(None) in typing.get_args(annotation)
+
+
+def describe_errors(exc: ValidationError, model: type[ConfigModel], source: str, origins: Origins) -> str:
+    """One message for a pydantic ``ValidationError``: each problem with its field, line or option, and value."""
+    lines = []
+    errors = exc.errors(include_url=False)
+    for error in errors[:MAX_LISTED_ERRORS]:
+        loc, text = _problem(error, model)
+        origin = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), source)
+        lines.append(f"{origin}: {text}")
+    if len(errors) > MAX_LISTED_ERRORS:
+        lines.append(f"... and {len(errors) - MAX_LISTED_ERRORS} more problem(s)")
+    docs = f" (see {model._docs})" if model._docs else ""
+    return "\n".join(lines) + docs
+
+
+def load_model(
+    model: type[ConfigModel],
+    path: str | Path | None,
+    overrides: Iterable[tuple[tuple[str, ...], Any, str]] = (),
+    set_overrides: Iterable[str] | None = None,
+    min_parts: int = 1,
+) -> Any:
+    """Read ``path`` (or nothing: defaults), apply overrides, validate: the one entry point of both loaders.
+
+    Args:
+        model: the top-level config model.
+        path: YAML/JSON file, or ``None``.
+        overrides: ``(key path, value, origin)`` triples, e.g. from command-line options (``origin`` names the
+            option in errors).
+        set_overrides: ``dotted.key=value`` strings (``--set``), values read as YAML.
+        min_parts: dotted parts a ``--set`` key needs (2 for ``section.key``).
+    """
+    data: dict[str, Any] = {}
+    origins: Origins = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        data, origins = read_config_file(path)
+    for keys, value, origin in overrides:
+        set_path(data, keys, value, origins, origin)
+    apply_overrides(data, set_overrides, origins, min_parts=min_parts)
+    return model.from_dict(data, source=source, origins=origins)
