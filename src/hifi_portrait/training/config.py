@@ -47,7 +47,8 @@ def _multiple_of_8(value: int | None) -> int | None:
     return value
 
 
-Side = Annotated[int, AfterValidator(_multiple_of_8)]
+#: A square image side in pixels: a multiple of 8 in [8, 8192] (tiny test models use 32).
+Side = Annotated[int, Field(ge=8, le=8192), AfterValidator(_multiple_of_8)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 
 
@@ -101,12 +102,12 @@ class DataConfig(ConfigModel):
     _docs = DOCS
 
     train_data_dir: Text = Field("", description="dataset folder (build-dataset output)")
-    resolution: Side = Field(1024, ge=64, le=8192, description="training image side, a multiple of 8")
+    resolution: Side = Field(1024, description="training image side, a multiple of 8")
     max_refs: int = Field(4, ge=1, le=64, description="most reference photos per sample")
     min_refs: int = Field(1, ge=1, le=64, description="fewest reference photos per sample, <= max_refs")
     random_num_refs: bool = Field(True, description="draw the number of references per sample")
     matte_references: bool = Field(True, description="composite the references over gray with their masks")
-    ref_size: int | None = Field(224, ge=16, le=4096, description="side of the reference crops; null = as stored")
+    ref_size: int | None = Field(224, ge=8, le=4096, description="side of the reference crops; null = as stored")
     dataloader_num_workers: int = Field(4, ge=0, le=256, description="DataLoader worker processes")
     max_train_samples: int | None = Field(None, ge=1, le=INT32_MAX, description="use only the first N samples")
 
@@ -241,7 +242,7 @@ class ValidationConfig(ConfigModel):
     )
     num_inference_steps: int = Field(30, ge=1, le=1000, description="sampling steps of the validation images")
     guidance_scale: Float = Field(5.0, ge=0, le=100, description="classifier-free guidance scale")
-    resolution: Side | None = Field(None, ge=64, le=8192, description="image side; null = data.resolution")
+    resolution: Side | None = Field(None, description="image side, a multiple of 8; null = data.resolution")
 
 
 class TrainingConfig(ConfigModel):

@@ -28,12 +28,14 @@ import os
 import re
 import reprlib
 import stat
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from hifi_portrait.errors import ConfigError
 
@@ -353,6 +355,12 @@ class ConfigModel(BaseModel):
     _docs: ClassVar[str] = ""
     _sections: ClassVar[bool] = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_section(cls, data: Any) -> Any:
+        """A section left empty in YAML (``optim:`` with every key commented out) reads as null: the defaults."""
+        return {} if data is None else data
+
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
@@ -447,8 +455,7 @@ def _problem(error: Mapping[str, Any], model: type[ConfigModel]) -> tuple[tuple[
 
 def _range_text(info: Any, ctx: Mapping[str, Any]) -> str:
     """``"in [0, 1]"``, ``"in (0, 1)"``, ``">= 1"`` from a field's bounds (or the failed one from ``ctx``)."""
-    bounds = {k: v for m in getattr(info, "metadata", []) for k in _BOUNDS if (v := getattr(m, k, None)) is not None}
-    bounds = bounds or {k: v for k, v in ctx.items() if k in _BOUNDS}
+    bounds = field_bounds(info) or {k: v for k, v in ctx.items() if k in _BOUNDS}
     low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
     high = (bounds["le"], "]") if "le" in bounds else (bounds["lt"], ")") if "lt" in bounds else None
     if low and high:
@@ -460,9 +467,32 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _allows_none(annotation: Any) -> bool:
-    import typing
+def field_bounds(info: Any) -> dict[str, Any]:
+    """``{"ge"|"gt"|"le"|"lt": bound}`` of a field, also from an ``Annotated`` type inside ``X | None``."""
+    found: dict[str, Any] = {}
 
+    def visit(items: Iterable[Any]) -> None:
+        for item in items:
+            for key in _BOUNDS:
+                if (bound := getattr(item, key, None)) is not None:
+                    found.setdefault(key, bound)
+            if hasattr(item, "metadata") and isinstance(item.metadata, list):
+                visit(item.metadata)
+
+    visit(getattr(info, "metadata", []))
+    stack = [getattr(info, "annotation", None)]
+    while stack:
+        annotation = stack.pop()
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is typing.Annotated:
+            visit(args[1:])
+            stack.append(args[0])
+        elif args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            stack.extend(args)
+    return found
+
+
+def _allows_none(annotation: Any) -> bool:
     return annotation is type(None) or type(None) in typing.get_args(annotation)
 
 
