@@ -274,3 +274,22 @@ def test_cli_exit_code_2_without_traceback(tmp_path, command, text, message):
     assert isinstance(result.exception, SystemExit)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # nothing was analysed or written
     assert time.perf_counter() - start < SECONDS
+
+
+# ---------------------------------------------------------------------------------------------- docs
+@pytest.mark.parametrize("doc, loader", [("dataset.md", "builder"), ("training.md", "train")])
+def test_docs_list_every_key_with_its_current_type_and_range(doc, loader):
+    from hifi_portrait.utils.config import reference_table
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", doc), encoding="utf-8").read()
+    assert reference_table(MODELS[loader]) in text, f"regenerate the key table in docs/{doc}"
+
+
+def test_documented_builder_config_is_the_defaults(tmp_path):
+    import re
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "dataset.md"), encoding="utf-8").read()
+    section = text[text.index("## Configuration") :]
+    block = re.search(r"```yaml\n(.*?)```", section, flags=re.S).group(1)
+    (tmp_path / "doc.yaml").write_text(block)
+    assert load_builder_config(tmp_path / "doc.yaml") == MODELS["builder"]()

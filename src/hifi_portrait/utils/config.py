@@ -537,3 +537,41 @@ def load_model(
         set_path(data, keys, value, origins, origin)
     apply_overrides(data, set_overrides, origins, min_parts=min_parts)
     return model.from_dict(data, source=source, origins=origins)
+
+
+# ---------------------------------------------------------------------------------------------------- docs
+def _type_text(info: Any) -> str:
+    annotation = info.annotation
+    names = []
+    for arg in (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else [annotation]
+    ):
+        while typing.get_origin(arg) is typing.Annotated:
+            arg = typing.get_args(arg)[0]
+        if arg is type(None):
+            names.append("null")
+        elif typing.get_origin(arg) is typing.Literal:
+            names.append(" \\| ".join(str(v) for v in typing.get_args(arg)))
+        else:
+            names.append(getattr(typing.get_origin(arg) or arg, "__name__", str(arg)))
+    return " or ".join(names)
+
+
+def reference_table(model: type[BaseModel], prefix: str = "") -> str:
+    """A Markdown table of every key of a config model: type, range, default, meaning (for the docs)."""
+    rows = [] if prefix else ["| key | type | range | default | meaning |", "|---|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.append(reference_table(annotation, f"{prefix}{name}."))
+            continue
+        bounds = field_bounds(info)
+        span = _range_text(info, {}) if bounds else ""
+        default = info.get_default(call_default_factory=True)
+        rows.append(
+            f"| `{prefix}{name}` | {_type_text(info)} | {span.removeprefix('in ')} | `{json.dumps(default)}` "
+            f"| {info.description or ''} |"
+        )
+    return "\n".join(rows)
