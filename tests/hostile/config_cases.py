@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from hifi_portrait.data.config import BuilderConfig
 from hifi_portrait.training.config import TrainingConfig
-from hifi_portrait.utils.config import MAX_CONFIG_BYTES, MAX_DEPTH
+from hifi_portrait.utils.config import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_ITEMS
 
 MODELS = {"builder": BuilderConfig, "train": TrainingConfig}
 Case = tuple[str, str, Callable[[Path], Path], tuple[str, Any]]
@@ -213,6 +213,7 @@ def file_cases() -> list[Case]:
     deep_json = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
     many_keys = "".join(f"key_{i}: {i}\n" for i in range(60_000))[: MAX_CONFIG_BYTES - 10]
     many_keys = many_keys[: many_keys.rfind("\n") + 1]
+    long_list = "validation:\n  prompts: [" + ", ".join(["x"] * (MAX_ITEMS + 1)) + "]\n"
     rows: list[tuple[str, str, str, str | bytes, tuple[str, Any]]] = [
         # ---- the cases, builder
         (
@@ -303,7 +304,9 @@ def file_cases() -> list[Case]:
         ("section-not-mapping", b, y, "cluster: [1, 2]\n", ("error", r"'cluster' must be a mapping")),
         ("section-null-is-defaults", b, y, "cluster:\n", ("ok", _defaults(b))),
         ("non-string-key", b, y, "1: 2\n", ("error", r"keys must be names")),
-        ("many-unknown-keys", b, y, many_keys, ("error", r"and \d+ more problem")),
+        ("many-keys", b, y, many_keys, ("error", rf"line {MAX_ITEMS + 1}: more than {MAX_ITEMS} keys")),
+        ("long-list", t, y, long_list, ("error", rf"line 2: more than {MAX_ITEMS} items in one list")),
+        ("some-unknown-keys", b, y, "".join(f"k{i}: 1\n" for i in range(20)), ("error", r"and 15 more problem")),
         # ---- the cases, training
         ("train-seed-abc", t, y, "train:\n  seed: abc\n", ("error", r"line 2: train\.seed must be int or null")),
         (
@@ -411,6 +414,7 @@ def file_cases() -> list[Case]:
         ("json-deep", b, j, deep_json, ("error", r"nested deeper than")),
         ("json-invalid", b, j, '{"seed": 1,}', ("error", r"line 1: could not be parsed, not valid JSON")),
         ("json-top-list", t, j, "[1, 2]", ("error", r"top level must be a mapping")),
+        ("json-many-keys", b, j, json.dumps({f"k{i}": i for i in range(MAX_ITEMS + 1)}), ("error", r"more than")),
         ("json-bool-for-int", b, j, '{"shard_size": true}', ("error", r"shard_size must be int")),
     ]
     cases: list[Case] = [(name, loader, write(file, content), expect) for name, loader, file, content, expect in rows]

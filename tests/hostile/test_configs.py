@@ -80,6 +80,7 @@ def test_bombs_are_refused_with_bounded_memory(tmp_path):
         "deep.json": '{"a": ' + "[" * 400_000 + "]" * 400_000 + "}",
         "digits.yaml": "seed: " + "9" * 900_000,
         "wide.yaml": "validation:\n  prompts: [" + ", ".join(["x"] * 300_000) + "]\n",
+        "keys.yaml": "".join(f"k{i}: {i}\n" for i in range(90_000)),
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)

@@ -6,8 +6,9 @@ Two jobs, both before any work starts:
   UTF-8 file of at most :data:`MAX_CONFIG_BYTES`. YAML is first scanned as a stream of parser events, *before*
   anything is constructed, and refused (``ConfigError`` naming the file and line) if it has an alias or anchor
   (``&a`` / ``*a``: the "billion laughs" expansion), an explicit tag (``!!python/object``, ``!!binary``, ``!!set``
-  ...), a duplicate key, a merge key (``<<``), a non-scalar key, more than one document or nesting deeper than
-  :data:`MAX_DEPTH`. JSON is refused on duplicate keys, ``NaN``/``Infinity`` and excessive nesting.
+  ...), a duplicate key, a merge key (``<<``), a non-scalar key, more than one document, nesting deeper than
+  :data:`MAX_DEPTH` or more than :data:`MAX_ITEMS` entries in one mapping or list. JSON is refused on duplicate
+  keys, ``NaN``/``Infinity``, excessive nesting and oversized collections.
 * **Validating** (:class:`ConfigModel`): pydantic v2 models in strict mode. Every field has a type and a range;
   unknown keys are an error with a "did you mean" suggestion; ``bool`` fields take only real booleans (YAML
   ``true``/``false``; PyYAML also reads ``yes``/``no``/``on``/``off`` as booleans), never ``1`` or ``"maybe"``;
@@ -43,6 +44,8 @@ from hifi_portrait.errors import ConfigError
 MAX_CONFIG_BYTES = 1 << 20
 #: Deepest nesting of mappings/lists in a config file (real configs use 3 levels).
 MAX_DEPTH = 16
+#: Most keys in one mapping / items in one list of a config file (real configs have tens).
+MAX_ITEMS = 10_000
 #: Most problems listed in one error message.
 MAX_LISTED_ERRORS = 5
 
@@ -136,7 +139,8 @@ def scan_yaml_events(text: str, source: str) -> Origins:
 
     Raises:
         ConfigError: alias, anchor, explicit tag, duplicate / merge / non-scalar key, several documents, nesting
-            deeper than :data:`MAX_DEPTH`, or a syntax error (each naming the line).
+            deeper than :data:`MAX_DEPTH`, a collection of more than :data:`MAX_ITEMS`, or a syntax error (each
+            naming the line).
     """
     origins: Origins = {}
     # one frame per open collection: [is_mapping, expecting_key, {key: line}, path, pending_key, item_count]
@@ -177,6 +181,8 @@ def scan_yaml_events(text: str, source: str) -> Origins:
                                 f"{where}: duplicate key {short_repr(key)} (first on line {frame[2][key]}); "
                                 "each key may appear once"
                             )
+                        if len(frame[2]) >= MAX_ITEMS:
+                            raise ConfigError(f"{where}: more than {MAX_ITEMS} keys in one mapping; is it a config?")
                         frame[2][key] = event.start_mark.line + 1
                         frame[1], frame[4] = False, key
                         origins[(*frame[3], key)] = where
@@ -187,6 +193,8 @@ def scan_yaml_events(text: str, source: str) -> Origins:
                     else:
                         path = (*frame[3], str(frame[5]))
                         frame[5] += 1
+                        if frame[5] > MAX_ITEMS:
+                            raise ConfigError(f"{where}: more than {MAX_ITEMS} items in one list; is it a config?")
                 if isinstance(event, yaml.CollectionStartEvent):
                     if len(stack) >= MAX_DEPTH:
                         raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels; a config is not that deep")
@@ -242,11 +250,19 @@ def parse_json(text: str, source: str) -> tuple[Any, Origins]:
     if depth > MAX_DEPTH:
         raise ConfigError(f"{source}: nested deeper than {MAX_DEPTH} levels; a config is not that deep")
     try:
-        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant), {}
+        data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source}, line {exc.lineno}: could not be parsed, not valid JSON ({exc.msg})") from None
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"{source}: a value could not be read ({short_repr(str(exc))})") from None
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (dict, list)):
+            if len(node) > MAX_ITEMS:
+                raise ConfigError(f"{source}: more than {MAX_ITEMS} entries in one object or array; is it a config?")
+            stack.extend(node.values() if isinstance(node, dict) else node)
+    return data, {}
 
 
 def _json_line(text: str, key: str) -> str:
