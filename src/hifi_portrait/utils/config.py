@@ -23,6 +23,7 @@ validation are declared per field (one line each) and enforced by a tested libra
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -130,8 +131,24 @@ def read_config_file(path: str | Path, option: str = "--config") -> tuple[dict[s
     return data, origins
 
 
+#: PyYAML's safe loader (its C parser when libyaml is there): plain scalars, lists and mappings only.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _at(source: str, mark: Any) -> str:
     return f"{source}, line {mark.line + 1}" if mark is not None else source
+
+
+@dataclasses.dataclass
+class _Open:
+    """An open YAML collection while scanning: a mapping (keys seen, with lines) or a list (items counted)."""
+
+    mapping: bool
+    path: tuple[str, ...]
+    keys: dict[str, int] = dataclasses.field(default_factory=dict)
+    expecting_key: bool = True
+    key: str = ""
+    items: int = 0
 
 
 def scan_yaml_events(text: str, source: str) -> Origins:
@@ -143,12 +160,10 @@ def scan_yaml_events(text: str, source: str) -> Origins:
             naming the line).
     """
     origins: Origins = {}
-    # one frame per open collection: [is_mapping, expecting_key, {key: line}, path, pending_key, item_count]
-    stack: list[list[Any]] = []
+    stack: list[_Open] = []
     documents = 0
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        for event in yaml.parse(text, Loader=loader):
+        for event in yaml.parse(text, Loader=_LOADER):
             where = _at(source, event.start_mark)
             if isinstance(event, yaml.DocumentStartEvent):
                 documents += 1
@@ -159,46 +174,16 @@ def scan_yaml_events(text: str, source: str) -> Origins:
                     f"{where}: YAML aliases (*{event.anchor}) are not allowed in a config; write the value out"
                 )
             elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
-                if event.anchor is not None:
-                    raise ConfigError(
-                        f"{where}: YAML anchors (&{event.anchor}) are not allowed in a config; write values out"
-                    )
-                if event.tag is not None:
-                    raise ConfigError(
-                        f"{where}: YAML tags ({event.tag}) are not allowed in a config; use plain values"
-                    )
-                path: tuple[str, ...] = ()
-                if stack:
-                    frame = stack[-1]
-                    if frame[0] and frame[1]:  # a mapping key
-                        if not isinstance(event, yaml.ScalarEvent):
-                            raise ConfigError(f"{where}: mapping keys must be plain names, not lists or mappings")
-                        key = event.value
-                        if key == "<<":
-                            raise ConfigError(f"{where}: YAML merge keys (<<) are not allowed in a config")
-                        if key in frame[2]:
-                            raise ConfigError(
-                                f"{where}: duplicate key {short_repr(key)} (first on line {frame[2][key]}); "
-                                "each key may appear once"
-                            )
-                        if len(frame[2]) >= MAX_ITEMS:
-                            raise ConfigError(f"{where}: more than {MAX_ITEMS} keys in one mapping; is it a config?")
-                        frame[2][key] = event.start_mark.line + 1
-                        frame[1], frame[4] = False, key
-                        origins[(*frame[3], key)] = where
-                        continue
-                    if frame[0]:
-                        frame[1] = True
-                        path = (*frame[3], frame[4])
-                    else:
-                        path = (*frame[3], str(frame[5]))
-                        frame[5] += 1
-                        if frame[5] > MAX_ITEMS:
-                            raise ConfigError(f"{where}: more than {MAX_ITEMS} items in one list; is it a config?")
+                _check_node(event, where)
+                parent = stack[-1] if stack else None
+                if parent is not None and parent.mapping and parent.expecting_key:
+                    _add_key(parent, event, where, origins)
+                    continue
+                path = _child_path(parent, where) if parent is not None else ()
                 if isinstance(event, yaml.CollectionStartEvent):
                     if len(stack) >= MAX_DEPTH:
                         raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels; a config is not that deep")
-                    stack.append([isinstance(event, yaml.MappingStartEvent), True, {}, path, None, 0])
+                    stack.append(_Open(isinstance(event, yaml.MappingStartEvent), path))
             elif isinstance(event, yaml.CollectionEndEvent):
                 stack.pop()
     except yaml.MarkedYAMLError as exc:
@@ -209,12 +194,46 @@ def scan_yaml_events(text: str, source: str) -> Origins:
     return origins
 
 
+def _check_node(event: Any, where: str) -> None:
+    if event.anchor is not None:
+        raise ConfigError(f"{where}: YAML anchors (&{event.anchor}) are not allowed in a config; write values out")
+    if event.tag is not None:
+        raise ConfigError(f"{where}: YAML tags ({event.tag}) are not allowed in a config; use plain values")
+
+
+def _add_key(mapping: _Open, event: Any, where: str, origins: Origins) -> None:
+    if not isinstance(event, yaml.ScalarEvent):
+        raise ConfigError(f"{where}: mapping keys must be plain names, not lists or mappings")
+    key = event.value
+    if key == "<<":
+        raise ConfigError(f"{where}: YAML merge keys (<<) are not allowed in a config")
+    if key in mapping.keys:
+        raise ConfigError(
+            f"{where}: duplicate key {short_repr(key)} (first on line {mapping.keys[key]}); each key may appear once"
+        )
+    if len(mapping.keys) >= MAX_ITEMS:
+        raise ConfigError(f"{where}: more than {MAX_ITEMS} keys in one mapping; is it a config?")
+    mapping.keys[key] = event.start_mark.line + 1
+    mapping.expecting_key, mapping.key = False, key
+    origins[(*mapping.path, key)] = where
+
+
+def _child_path(parent: _Open, where: str) -> tuple[str, ...]:
+    """The key path of a value inside ``parent`` (a mapping's current key, or a list's index)."""
+    if parent.mapping:
+        parent.expecting_key = True
+        return (*parent.path, parent.key)
+    parent.items += 1
+    if parent.items > MAX_ITEMS:
+        raise ConfigError(f"{where}: more than {MAX_ITEMS} items in one list; is it a config?")
+    return (*parent.path, str(parent.items - 1))
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, Origins]:
     """Safely parse YAML: :func:`scan_yaml_events` first, then ``safe_load`` (plain values only)."""
     origins = scan_yaml_events(text, source)
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(text, Loader=loader), origins  # noqa: S506 - a safe loader, and events checked above
+        return yaml.load(text, Loader=_LOADER), origins  # a safe loader, and its events were checked above
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source} could not be parsed, not valid YAML ({exc})") from None
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. an integer of 5000 digits
