@@ -283,7 +283,9 @@ def test_docs_list_every_key_with_its_current_type_and_range(doc, loader):
     from hifi_portrait.utils.config import reference_table
 
     text = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", doc), encoding="utf-8").read()
-    assert reference_table(MODELS[loader]) in text, f"regenerate the key table in docs/{doc}"
+    model = MODELS[loader]
+    how = f"print(reference_table({model.__name__})) from {model.__module__} and hifi_portrait.utils.config"
+    assert reference_table(model) in text, f"the key table in docs/{doc} is stale; paste {how}"
 
 
 def test_documented_builder_config_is_the_defaults(tmp_path):
