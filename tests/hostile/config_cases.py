@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from hifi_portrait.data.config import BuilderConfig
 from hifi_portrait.training.config import TrainingConfig
-from hifi_portrait.utils.config import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_ITEMS
+from hifi_portrait.utils.config_files import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_ITEMS
 
 MODELS = {"builder": BuilderConfig, "train": TrainingConfig}
 Case = tuple[str, str, Callable[[Path], Path], tuple[str, Any]]
