@@ -106,8 +106,13 @@ def test_captions_follow_attributes():
 
 
 def test_captioner_hook_errors():
+    import builder_helpers
+
     assert load_captioner(None) is None
-    assert load_captioner("hifi_portrait.data.captions:template_caption") is template_caption
+    assert load_captioner("builder_helpers:shouting_captioner") is builder_helpers.shouting_captioner
+    # the template takes (record) only: it would fail when called with (image, record), so it is refused up front
+    with pytest.raises(ConfigError, match=r"signature \(record.*must take \(image, record\)"):
+        load_captioner("hifi_portrait.data.captions:template_caption")
     with pytest.raises(ConfigError, match="package.module:function"):
         load_captioner("no_colon")
     with pytest.raises(ConfigError, match="could not be loaded"):

@@ -25,19 +25,16 @@ def build_dataset(
 ) -> None:
     """Build an identity-grouped dataset (refs + targets + landmarks + captions) from photo collections."""
     from hifi_portrait.data import build_dataset as run_build
-    from hifi_portrait.data import load_config
     from hifi_portrait.data.config import BuilderConfig
+    from hifi_portrait.utils.config import load_model
 
     with user_errors():
-        cfg = load_config(config)
-        data = cfg.to_dict()
-        if workers is not None:
-            data["workers"] = workers
-        if labels is not None:
-            data["labels"] = labels
-        if output_format is not None:
-            data["output"]["format"] = output_format
-        cfg = BuilderConfig.from_dict(data, where="command line")
+        options = [  # command-line values go through the same validation as the file's, errors name the option
+            (("workers",), workers, f"--workers {workers}"),
+            (("labels",), labels, f"--labels {labels}"),
+            (("output", "format"), output_format, f"--format {output_format}"),
+        ]
+        cfg = load_model(BuilderConfig, config, overrides=[o for o in options if o[1] is not None])
         import os
 
         progress = os.environ.get("TQDM_DISABLE", "") not in ("1", "true", "True")

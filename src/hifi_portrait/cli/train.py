@@ -43,14 +43,16 @@ def train(
       hifi-portrait train --config configs/train_sdxl.yaml --resume latest --set train.max_train_steps=200000
     """
     from hifi_portrait.training.config import load_config
-    from hifi_portrait.training.train import train as run_training
 
     with user_errors():
-        cfg = load_config(config, list(set_))
+        options = []  # validated with the file, errors name the option
         if resume:
-            cfg.checkpointing.resume_from_checkpoint = resume
+            options.append((("checkpointing", "resume_from_checkpoint"), resume, f"--resume {resume}"))
         if output_dir is not None:
-            cfg.train.output_dir = str(output_dir)
+            options.append((("train", "output_dir"), str(output_dir), f"--output-dir {output_dir}"))
+        cfg = load_config(config, list(set_), options)  # checked before the (slow) training stack is imported
+        from hifi_portrait.training.train import train as run_training
+
         typer.echo(f"training into {cfg.train.output_dir} (full config: {Path(cfg.train.output_dir) / 'config.yaml'})")
         result = run_training(cfg, stop_after_steps=stop_after_steps)
     if result.adapter_path is not None:

@@ -250,6 +250,7 @@ def build_dataset(
     cfg = config or BuilderConfig()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
+    captioner = load_captioner(cfg.captioner)  # resolved and checked before any photo is analysed
     factory = analyzer_factory or DefaultAnalyzerFactory(min_face_px=min(40.0, cfg.quality.min_face_size))
     items, labelled = enumerate_inputs(list(inputs), cfg.labels)
     logger.info("%d input images (%s)", len(items), "identity labels from the input" if labelled else "no labels")
@@ -346,7 +347,6 @@ def build_dataset(
         plan.append((name, [(j, roles.get(j, "extra")) for j in rows]))
 
     # ---- output
-    captioner = load_captioner(cfg.captioner)
     kept_meta, written = _write_output(
         out_dir,
         cfg,

@@ -3,11 +3,13 @@
 A captioning model is plugged in with ``captioner: "package.module:function"`` in the config: the function is
 called as ``function(image, record) -> str`` with the ``(H, W, 3)`` uint8 photo and the image's metadata record
 (pose, blendshapes, ...). It may also be a class, instantiated once with no arguments, whose instances are callable.
+The spec is resolved, and its signature checked, before the build starts; note that this imports and runs user code.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -71,16 +73,51 @@ def template_caption(record: Mapping[str, Any]) -> str:
 def load_captioner(spec: str | None) -> Captioner | None:
     """Import ``"package.module:callable"`` (a function, or a class instantiated once); ``None`` -> ``None``.
 
+    This imports and runs user code (the module's top level, and a class's ``__init__``): it is meant for the
+    user's own config. The callable's signature is checked with :func:`inspect.signature` (it must accept
+    ``(image, record)``) before any photo is analysed; it is not called here.
+
     Raises:
-        ConfigError: malformed spec, module not importable, or name missing.
+        ConfigError: malformed spec, module not importable (or failing on import), name missing, not a callable,
+            or a callable that does not take ``(image, record)``.
     """
     if not spec:
         return None
-    if ":" not in spec:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
         raise ConfigError(f"captioner {spec!r} must look like 'package.module:function'")
-    module_name, attr = spec.split(":", 1)
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
         raise ConfigError(f"captioner {spec!r} could not be loaded ({exc}); check the module is installed") from None
-    return obj() if isinstance(obj, type) else obj
+    except Exception as exc:  # the user's module failed on import
+        raise ConfigError(
+            f"captioner {spec!r}: importing {module_name} failed ({type(exc).__name__}: {exc})"
+        ) from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"captioner {spec!r} could not be loaded: {module_name} has no {attr!r}")
+    obj = getattr(module, attr)
+    if isinstance(obj, type):
+        _check_signature(obj, spec, (), f"class {attr} must be constructible with no arguments")
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise ConfigError(f"captioner {spec!r}: {attr}() failed ({type(exc).__name__}: {exc})") from None
+    if not callable(obj):
+        raise ConfigError(f"captioner {spec!r} is a {type(obj).__name__}, not a function (image, record) -> str")
+    _check_signature(obj, spec, (None, None), "must take (image, record) and return a caption string")
+    return obj
+
+
+def _check_signature(obj: Any, spec: str, args: tuple[Any, ...], need: str) -> None:
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"captioner {spec!r}: the signature of {obj!r} cannot be inspected (a builtin?); it {need}: wrap it in a "
+            "Python function def caption(image, record) -> str"
+        ) from None
+    try:
+        signature.bind(*args)
+    except TypeError:
+        raise ConfigError(f"captioner {spec!r} has the signature {signature}, but it {need}") from None

@@ -1,4 +1,4 @@
-"""Training configuration: nested dataclasses, loaded from YAML with strict keys and checked values.
+"""Training configuration: nested strict models, loaded from YAML with strict keys, types and ranges.
 
 A config file has one mapping per section (``model``, ``data``, ``train``, ``optim``, ``loss``,
 ``conditioning``, ``checkpointing``, ``validation``); every key is optional and defaults to the values below.
@@ -20,24 +20,39 @@ Example (see ``docs/training.md`` for a full one)::
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, Field, model_validator
 
-from hifi_portrait.errors import ConfigError
+from hifi_portrait.utils.config import ConfigModel, Float, ImportSpec, load_model
+from hifi_portrait.utils.config import apply_overrides as _apply_overrides
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 REPORT_TO = ("tensorboard", "wandb", "none")
 
+#: Largest step / count a field takes (fits int32 consumers) and the seed range.
+INT32_MAX = 2**31 - 1
+#: Longest path or name a string field takes.
+MAX_TEXT = 4096
+DOCS = "docs/training.md#3-a-full-config"
 
-@dataclass
-class ModelConfig:
+
+def _multiple_of_8(value: int | None) -> int | None:
+    if value is not None and value % 8:
+        raise ValueError("must be a positive multiple of 8 (the VAE downsamples by 8)")
+    return value
+
+
+#: A square image side in pixels: a multiple of 8 in [8, 8192] (tiny test models use 32).
+Side = Annotated[int, Field(ge=8, le=8192), AfterValidator(_multiple_of_8)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+class ModelConfig(ConfigModel):
     """Base model, image encoder and the trainable modules' hyper-parameters.
 
     Attributes:
@@ -47,25 +62,26 @@ class ModelConfig:
         image_encoder_path: local CLIP vision folder (transformers ``CLIPVisionModelWithProjection``); ``null``
             means the dataset must provide precomputed patch tokens (``ref_patch_tokens``).
         adapter_init: optional ``.safetensors`` adapter to start from (fine-tuning / continued training).
-        face_refiner: keyword arguments of ``FaceRefiner`` (its config).
+        face_refiner: keyword arguments of ``FaceRefiner`` (its config; names checked when it is built).
         hifi_net: keyword arguments of ``HiFiNetModel.from_unet``.
         ip_attn: keyword arguments of the ID attention processors' installer.
         revision, variant: passed to ``from_pretrained`` of the base model parts (e.g. ``variant: fp16``).
     """
 
-    pretrained_model_name_or_path: str = ""
-    vae_model_name_or_path: str | None = None
-    image_encoder_path: str | None = None
-    adapter_init: str | None = None
-    face_refiner: dict[str, Any] = field(default_factory=dict)
-    hifi_net: dict[str, Any] = field(default_factory=dict)
-    ip_attn: dict[str, Any] = field(default_factory=dict)
-    revision: str | None = None
-    variant: str | None = None
+    _docs = DOCS
+
+    pretrained_model_name_or_path: Text = Field("", description="local diffusers SDXL folder")
+    vae_model_name_or_path: Text | None = Field(None, description="separate VAE folder")
+    image_encoder_path: Text | None = Field(None, description="local CLIP vision folder")
+    adapter_init: Text | None = Field(None, description=".safetensors adapter to start from")
+    face_refiner: dict[str, Any] = Field(default_factory=dict, description="FaceRefiner keyword arguments")
+    hifi_net: dict[str, Any] = Field(default_factory=dict, description="HiFiNetModel.from_unet keyword arguments")
+    ip_attn: dict[str, Any] = Field(default_factory=dict, description="ID attention installer keyword arguments")
+    revision: Text | None = Field(None, description="revision of the base model parts")
+    variant: Text | None = Field(None, description="variant of the base model parts, e.g. fp16")
 
 
-@dataclass
-class DataConfig:
+class DataConfig(ConfigModel):
     """Training data (the output folder of ``hifi-portrait build-dataset``).
 
     Attributes:
@@ -83,63 +99,74 @@ class DataConfig:
         max_train_samples: use only the first N samples (debugging).
     """
 
-    train_data_dir: str = ""
-    resolution: int = 1024
-    max_refs: int = 4
-    min_refs: int = 1
-    random_num_refs: bool = True
-    matte_references: bool = True
-    ref_size: int | None = 224
-    dataloader_num_workers: int = 4
-    max_train_samples: int | None = None
+    _docs = DOCS
+
+    train_data_dir: Text = Field("", description="dataset folder (build-dataset output)")
+    resolution: Side = Field(1024, description="training image side, a multiple of 8")
+    max_refs: int = Field(4, ge=1, le=64, description="most reference photos per sample")
+    min_refs: int = Field(1, ge=1, le=64, description="fewest reference photos per sample, <= max_refs")
+    random_num_refs: bool = Field(True, description="draw the number of references per sample")
+    matte_references: bool = Field(True, description="composite the references over gray with their masks")
+    ref_size: int | None = Field(224, ge=8, le=4096, description="side of the reference crops; null = as stored")
+    dataloader_num_workers: int = Field(4, ge=0, le=256, description="DataLoader worker processes")
+    max_train_samples: int | None = Field(None, ge=1, le=INT32_MAX, description="use only the first N samples")
+
+    @model_validator(mode="after")
+    def _refs_in_order(self) -> DataConfig:
+        if self.min_refs > self.max_refs:
+            raise ValueError(
+                f"min_refs ({self.min_refs}) must be <= max_refs ({self.max_refs}): 1 <= min_refs <= max_refs"
+            )
+        return self
 
 
-@dataclass
-class TrainLoopConfig:
+class TrainLoopConfig(ConfigModel):
     """The loop itself: output, seed, batch, steps, precision, memory savers, EMA, logging.
 
     Attention runs through PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU),
     so there is no xformers option: diffusers' xformers switch would also replace the ID attention processors.
     """
 
-    output_dir: str = "runs/hifi-portrait"
-    seed: int | None = 42
-    train_batch_size: int = 4
-    num_train_epochs: int = 1
-    max_train_steps: int | None = None
-    gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "no"
-    allow_tf32: bool = False
-    use_ema: bool = False
-    ema_decay: float = 0.9999
-    report_to: str = "tensorboard"
-    logging_dir: str = "logs"
-    tracker_project_name: str = "hifi-portrait"
-    log_every_steps: int = 1
+    _docs = DOCS
+
+    output_dir: Text = Field("runs/hifi-portrait", min_length=1, description="run folder")
+    seed: int | None = Field(42, ge=0, le=INT32_MAX, description="random seed; null = unseeded")
+    train_batch_size: int = Field(4, ge=1, le=4096, description="samples per process and step")
+    num_train_epochs: int = Field(1, ge=1, le=INT32_MAX, description="epochs (unless max_train_steps)")
+    max_train_steps: int | None = Field(None, ge=1, le=INT32_MAX, description="optimizer steps; null = by epochs")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
+    gradient_checkpointing: bool = Field(False, description="recompute activations to save memory")
+    mixed_precision: Literal[MIXED_PRECISION] = Field("no", description="no, fp16 or bf16")
+    allow_tf32: bool = Field(False, description="TF32 matmuls on Ampere+ GPUs")
+    use_ema: bool = Field(False, description="keep an exponential moving average of the weights")
+    ema_decay: Float = Field(0.9999, gt=0, lt=1, description="EMA decay")
+    report_to: Literal[REPORT_TO] = Field("tensorboard", description="tracker")
+    logging_dir: Text = Field("logs", description="tracker folder under output_dir")
+    tracker_project_name: Text = Field("hifi-portrait", description="tracker project name")
+    log_every_steps: int = Field(1, ge=1, le=INT32_MAX, description="steps between logged losses")
 
 
-@dataclass
-class OptimConfig:
+class OptimConfig(ConfigModel):
     """Optimizer and learning-rate schedule (AdamW, optionally bitsandbytes' 8-bit AdamW)."""
 
-    learning_rate: float = 1e-4
-    scale_lr: bool = False
-    lr_scheduler: str = "constant_with_warmup"
-    lr_warmup_steps: int = 500
-    lr_num_cycles: int = 1
-    lr_power: float = 1.0
-    use_8bit_adam: bool = False
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    set_grads_to_none: bool = True
+    _docs = DOCS
+
+    learning_rate: Float = Field(1e-4, gt=0, le=1, description="AdamW learning rate")
+    scale_lr: bool = Field(False, description="multiply the learning rate by the global batch size")
+    lr_scheduler: Literal[LR_SCHEDULERS] = Field("constant_with_warmup", description="diffusers scheduler name")
+    lr_warmup_steps: int = Field(500, ge=0, le=INT32_MAX, description="warm-up steps")
+    lr_num_cycles: int = Field(1, ge=1, le=100_000, description="cycles of cosine_with_restarts")
+    lr_power: Float = Field(1.0, gt=0, le=100, description="power of the polynomial schedule")
+    use_8bit_adam: bool = Field(False, description="bitsandbytes 8-bit AdamW")
+    adam_beta1: Float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    adam_beta2: Float = Field(0.999, ge=0, lt=1, description="AdamW beta2")
+    adam_weight_decay: Float = Field(1e-2, ge=0, le=10, description="AdamW weight decay")
+    adam_epsilon: Float = Field(1e-8, gt=0, le=1, description="AdamW epsilon")
+    max_grad_norm: Float = Field(1.0, ge=0, le=1e6, description="gradient clipping norm; 0 = no clipping")
+    set_grads_to_none: bool = Field(True, description="zero_grad(set_to_none=...)")
 
 
-@dataclass
-class LossConfig:
+class LossConfig(ConfigModel):
     """Diffusion loss, face-region weighting and the optional identity loss.
 
     Attributes:
@@ -151,46 +178,49 @@ class LossConfig:
             very noisy latent is a blur without a face).
         id_recognizer: ``"package.module:factory"`` returning a differentiable ``torch.nn.Module`` mapping images
             ``(B, 3, S, S)`` in ``[-1, 1]`` to embeddings ``(B, D)`` (e.g. an ArcFace in PyTorch); the Python API
-            also accepts a module directly.
+            also accepts a module directly. This imports and runs user code.
         id_recognizer_kwargs: keyword arguments of that factory (e.g. a weights path).
         id_recognizer_input_size: side ``S`` of the square face crop the recognizer takes (ArcFace: 112).
     """
 
-    face_weight: float = 1.0
-    noise_offset: float = 0.0
-    snr_gamma: float | None = None
-    id_loss_weight: float = 0.0
-    id_loss_max_timestep: int = 400
-    id_recognizer: str | None = None
-    id_recognizer_kwargs: dict[str, Any] = field(default_factory=dict)
-    id_recognizer_input_size: int = 112
+    _docs = DOCS
+
+    face_weight: Float = Field(1.0, gt=0, le=1000, description="loss weight inside the face mask")
+    noise_offset: Float = Field(0.0, ge=0, le=1, description="offset noise strength")
+    snr_gamma: Float | None = Field(None, gt=0, le=1000, description="Min-SNR gamma; null = off")
+    id_loss_weight: Float = Field(0.0, ge=0, le=1000, description="identity loss weight; 0 = off")
+    id_loss_max_timestep: int = Field(400, ge=0, le=10_000, description="timesteps below get the identity loss")
+    id_recognizer: ImportSpec | None = Field(None, description="'package.module:factory' (user code)")
+    id_recognizer_kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+    id_recognizer_input_size: int = Field(112, ge=8, le=4096, description="side of the recognizer's face crop")
 
 
-@dataclass
-class ConditioningConfig:
+class ConditioningConfig(ConfigModel):
     """Random dropout of the conditions so that classifier-free guidance works at inference.
 
     Each probability is per sample and independent; ``drop_all_prob`` additionally drops all three together
     (IP-Adapter uses 0.05 / 0.05 / 0.05 for image, text and both).
     """
 
-    drop_id_prob: float = 0.05
-    drop_landmarks_prob: float = 0.05
-    drop_text_prob: float = 0.05
-    drop_all_prob: float = 0.05
+    _docs = DOCS
+
+    drop_id_prob: Float = Field(0.05, ge=0, le=1, description="a probability")
+    drop_landmarks_prob: Float = Field(0.05, ge=0, le=1, description="a probability")
+    drop_text_prob: Float = Field(0.05, ge=0, le=1, description="a probability")
+    drop_all_prob: Float = Field(0.05, ge=0, le=1, description="a probability")
 
 
-@dataclass
-class CheckpointingConfig:
+class CheckpointingConfig(ConfigModel):
     """``checkpoint-{step}`` folders of the full training state (``accelerator.save_state``)."""
 
-    checkpointing_steps: int = 1000
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
+    _docs = DOCS
+
+    checkpointing_steps: int = Field(1000, ge=1, le=INT32_MAX, description="steps between checkpoints")
+    checkpoints_total_limit: int | None = Field(None, ge=1, le=100_000, description="checkpoints kept; null = all")
+    resume_from_checkpoint: Text | None = Field(None, description="'latest' or a checkpoint folder")
 
 
-@dataclass
-class ValidationConfig:
+class ValidationConfig(ConfigModel):
     """Validation at intervals (every ``validation_steps``, and at the start and end of a run).
 
     Attributes:
@@ -201,32 +231,34 @@ class ValidationConfig:
         prompts: prompts for the images instead of the samples' captions.
     """
 
-    validation_steps: int = 1000
-    num_validation_samples: int = 2
-    loss_samples: int = 4
-    loss_timesteps: int = 5
-    prompts: list[str] = field(default_factory=list)
-    num_inference_steps: int = 30
-    guidance_scale: float = 5.0
-    resolution: int | None = None
+    _docs = DOCS
+
+    validation_steps: int = Field(1000, ge=1, le=INT32_MAX, description="steps between validations")
+    num_validation_samples: int = Field(2, ge=0, le=1000, description="validation images; 0 = off")
+    loss_samples: int = Field(4, ge=0, le=10_000, description="samples of the validation loss; 0 = off")
+    loss_timesteps: int = Field(5, ge=1, le=1000, description="timesteps of the validation loss")
+    prompts: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(
+        default_factory=list, max_length=1000, description="prompts instead of the captions"
+    )
+    num_inference_steps: int = Field(30, ge=1, le=1000, description="sampling steps of the validation images")
+    guidance_scale: Float = Field(5.0, ge=0, le=100, description="classifier-free guidance scale")
+    resolution: Side | None = Field(None, description="image side, a multiple of 8; null = data.resolution")
 
 
-@dataclass
-class TrainingConfig:
+class TrainingConfig(ConfigModel):
     """The whole training configuration (one attribute per YAML section)."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
-    checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    _docs = DOCS
+    _sections = True
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (YAML-serializable) of every value, defaults included."""
-        return dataclasses.asdict(self)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    conditioning: ConditioningConfig = Field(default_factory=ConditioningConfig)
+    checkpointing: CheckpointingConfig = Field(default_factory=CheckpointingConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -249,178 +281,40 @@ class TrainingConfig:
         return out
 
     def validate(self) -> TrainingConfig:
-        """Check value ranges; raise :class:`ConfigError` naming the key. Returns ``self``."""
-        _check_values(self)
+        """Check every value again (also values mutated in place, e.g. in a dict); returns ``self``.
+
+        Raises:
+            ConfigError: naming the key.
+        """
+        type(self).from_dict(self.to_dict(), source="config")
         return self
-
-
-def _suggest(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_type_ok(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else True
-    if origin is dict:
-        return isinstance(value, dict)
-    return True
-
-
-def _is_float_hint(hint: Any) -> bool:
-    return hint is float or float in typing.get_args(hint)
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def _build_section(cls: type, values: Any, section: str, source: str) -> Any:
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: section {section!r} must be a mapping of keys to values, got {values!r}.")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(
-                f"{source}: unknown key {key!r} in section {section!r}.{_suggest(str(key), known)} "
-                f"Known keys: {', '.join(known)}."
-            )
-        if isinstance(value, str) and _is_float_hint(hints[key]):
-            # PyYAML reads 1e-4 (no dot) as a string; accept what is clearly a number
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if not _type_ok(value, hints[key]):
-            raise ConfigError(
-                f"{source}: {section}.{key} must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})."
-            )
-        if hints[key] is float or hints[key] == (float | None):
-            value = float(value) if value is not None else None
-        kwargs[key] = value
-    return cls(**kwargs)
 
 
 def config_from_dict(data: dict[str, Any] | None, source: str = "<config>") -> TrainingConfig:
     """Build and validate a :class:`TrainingConfig` from a nested dict; ``source`` names it in errors."""
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}.")
-    sections = {f.name: typing.get_type_hints(TrainingConfig)[f.name] for f in dataclasses.fields(TrainingConfig)}
-    kwargs = {}
-    for name, values in data.items():
-        if name not in sections:
-            raise ConfigError(
-                f"{source}: unknown section {name!r}.{_suggest(str(name), list(sections))} "
-                f"Known sections: {', '.join(sections)}."
-            )
-        kwargs[name] = _build_section(sections[name], values, name, source)
-    return TrainingConfig(**kwargs).validate()
+    return TrainingConfig.from_dict(data, source=source)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None, source: str = "--set") -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (value parsed as YAML) to a nested dict, in place; returns it."""
-    for item in overrides or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(
-                f"{source}: override {item!r} must look like section.key=value (e.g. optim.learning_rate=1e-4)."
-            )
-        dotted, raw = item.split("=", 1)
-        section, key = dotted.strip().split(".", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
-        data.setdefault(section, {})
-        if not isinstance(data[section], dict):
-            raise ConfigError(f"{source}: section {section!r} is not a mapping.")
-        data[section][key] = value
-    return data
+    """Apply ``section.key=value`` overrides (value parsed as YAML, safely) to a nested dict, in place; returns it."""
+    return _apply_overrides(data, overrides, min_parts=2)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainingConfig:
-    """Read a YAML training config (or only defaults when ``path`` is None), apply overrides, validate.
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    options: Iterable[tuple[tuple[str, ...], Any, str]] = (),
+) -> TrainingConfig:
+    """Read a YAML (or ``.json``) training config (only defaults when ``path`` is None), apply overrides, validate.
+
+    Args:
+        path: the config file, or ``None``.
+        overrides: ``section.key=value`` strings (``--set``), values read as YAML.
+        options: ``(key path, value, option)`` from dedicated command-line options (e.g. ``--resume``), applied
+            after the file and before ``overrides``; errors name the option.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or has an unknown section/key or a bad value.
+        ConfigError: the file is missing, too large, not safe YAML (aliases, tags, duplicate keys), or has an
+            unknown section/key or a bad value (the message names the file, line and key).
     """
-    data: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config.")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}.")
-    apply_overrides(data, overrides)
-    return config_from_dict(data, source=source)
-
-
-def _require(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
-
-
-def _check_values(cfg: TrainingConfig) -> None:
-    t, o, d, c, lo, ck, v = (
-        cfg.train,
-        cfg.optim,
-        cfg.data,
-        cfg.conditioning,
-        cfg.loss,
-        cfg.checkpointing,
-        cfg.validation,
-    )
-    _require(t.mixed_precision in MIXED_PRECISION, "train.mixed_precision", f"must be one of {MIXED_PRECISION}")
-    _require(t.report_to in REPORT_TO, "train.report_to", f"must be one of {REPORT_TO}")
-    _require(t.train_batch_size >= 1, "train.train_batch_size", "must be >= 1")
-    _require(t.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps", "must be >= 1")
-    _require(t.num_train_epochs >= 1, "train.num_train_epochs", "must be >= 1")
-    _require(t.max_train_steps is None or t.max_train_steps >= 1, "train.max_train_steps", "must be >= 1 or null")
-    _require(0.0 < t.ema_decay < 1.0, "train.ema_decay", "must be in (0, 1)")
-    _require(t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
-    _require(o.lr_scheduler in LR_SCHEDULERS, "optim.lr_scheduler", f"must be one of {LR_SCHEDULERS}")
-    _require(o.learning_rate > 0, "optim.learning_rate", "must be > 0")
-    _require(o.lr_warmup_steps >= 0, "optim.lr_warmup_steps", "must be >= 0")
-    _require(d.resolution >= 8 and d.resolution % 8 == 0, "data.resolution", "must be a positive multiple of 8")
-    _require(1 <= d.min_refs <= d.max_refs, "data.min_refs", "must satisfy 1 <= min_refs <= max_refs")
-    _require(d.dataloader_num_workers >= 0, "data.dataloader_num_workers", "must be >= 0")
-    for name in ("drop_id_prob", "drop_landmarks_prob", "drop_text_prob", "drop_all_prob"):
-        p = getattr(c, name)
-        _require(0.0 <= p <= 1.0, f"conditioning.{name}", f"is a probability, must be in [0, 1], got {p}")
-    _require(lo.face_weight > 0, "loss.face_weight", "must be > 0 (1 = no face weighting)")
-    _require(lo.id_loss_weight >= 0, "loss.id_loss_weight", "must be >= 0")
-    _require(lo.snr_gamma is None or lo.snr_gamma > 0, "loss.snr_gamma", "must be > 0 or null")
-    _require(lo.id_recognizer_input_size >= 8, "loss.id_recognizer_input_size", "must be >= 8")
-    _require(ck.checkpointing_steps >= 1, "checkpointing.checkpointing_steps", "must be >= 1")
-    _require(
-        ck.checkpoints_total_limit is None or ck.checkpoints_total_limit >= 1,
-        "checkpointing.checkpoints_total_limit",
-        "must be >= 1 or null",
-    )
-    _require(v.validation_steps >= 1, "validation.validation_steps", "must be >= 1")
-    _require(v.num_validation_samples >= 0, "validation.num_validation_samples", "must be >= 0")
-    _require(v.loss_samples >= 0, "validation.loss_samples", "must be >= 0")
-    _require(v.loss_timesteps >= 1, "validation.loss_timesteps", "must be >= 1")
+    return load_model(TrainingConfig, path, overrides=options, set_overrides=overrides, min_parts=2)

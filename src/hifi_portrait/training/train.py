@@ -469,11 +469,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("HIFI_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.config, args.set)
+        options = []
         if args.resume:
-            cfg.checkpointing.resume_from_checkpoint = args.resume
+            options.append((("checkpointing", "resume_from_checkpoint"), args.resume, f"--resume {args.resume}"))
         if args.output_dir:
-            cfg.train.output_dir = args.output_dir
+            options.append((("train", "output_dir"), args.output_dir, f"--output-dir {args.output_dir}"))
+        cfg = load_config(args.config, args.set, options)
         result = train(cfg, stop_after_steps=args.stop_after_steps)
     except ModelFilesMissingError as exc:
         print(f"error: {exc}", file=sys.stderr)
