@@ -60,7 +60,7 @@ def _row(path: Path, image: np.ndarray, face, index, mirrored: bool, estimator) 
 
     h, w = image.shape[:2]
     t0 = time.perf_counter()
-    m = estimator.measure(image, face.bbox)
+    m = estimator.measure(image, face.bbox, face.keypoints)
     seconds = time.perf_counter() - t0
     lm = np.asarray(face.landmarks)[:, :2]
     iod = np.linalg.norm(m.points[45] - m.points[36])

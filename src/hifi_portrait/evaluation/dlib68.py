@@ -5,8 +5,9 @@ measures the same things with a different landmark model, so that a generator ca
 learned what mediapipe likes:
 
 * **face box**: dlib's own HOG frontal face detector (``dlib.get_frontal_face_detector``); when it finds no face
-  near ours (profiles beyond ~40 degrees, strong roll), the analyzer's RetinaFace box is used instead and the
-  measurement says so (``box_source = "ours"``);
+  near ours (faces under ~40 px, profiles), the analyzer's RetinaFace box is used instead and the measurement says
+  so (``box_source = "ours"``); a face whose eye line is tilted is turned upright first (both dlib models expect
+  upright faces);
 * **68 points**: dlib's ``shape_predictor_68_face_landmarks.dat`` (ensemble of regression trees, Kazemi &
   Sullivan 2014) in the iBUG 300-W layout;
 * **head pose**: ``cv2.solvePnP`` of a subset of those points against a generic 3D 68-point face
@@ -67,6 +68,11 @@ RATIO_BLENDSHAPES: dict[str, tuple[tuple[str, ...], int]] = {
     "brow_raise": (("browInnerUp",), +1),
 }
 
+#: dlib's HOG detector and shape predictor start from an upright face: a face whose eye line is tilted by more than
+#: this (degrees) is turned upright about its centre and measured again (at most :data:`UPRIGHT_PASSES` times).
+UPRIGHT_TOLERANCE = 5.0
+UPRIGHT_PASSES = 2
+
 #: Short names of the blendshape groups in reports.
 GROUP_NAMES = {"mouth_open": "jawOpen", "eye_open": "eyeBlink", "mouth_corner_lift": "mouthSmile"}
 GROUP_NAMES["brow_raise"] = "browInnerUp"
@@ -86,9 +92,12 @@ class Dlib68Measurement:
 
     Attributes:
         points: ``(68, 2)`` iBUG 300-W points in image pixels.
-        box: ``(4,)`` ``x1, y1, x2, y2`` of the face box the predictor ran in.
+        box: ``(4,)`` ``x1, y1, x2, y2`` of the face box the predictor ran in (in the upright view when
+            ``derotated_by`` is not 0).
         box_source: ``"dlib-hog"`` (dlib's own detector) or ``"ours"`` (HOG found no face near ours; the
             analyzer's box was used).
+        derotated_by: the in-plane angle in degrees by which the face was turned upright before the final
+            landmark pass (0 when its eye line was already within :data:`UPRIGHT_TOLERANCE` of horizontal).
         yaw, pitch, roll: head pose in degrees (convention of :mod:`hifi_portrait.face.types`).
         reprojection_px: RMS reprojection error of the PnP fit, in pixels.
         ratios: :func:`expression_ratios` of ``points``.
@@ -102,6 +111,7 @@ class Dlib68Measurement:
     roll: float
     reprojection_px: float
     ratios: dict[str, float] = field(default_factory=dict)
+    derotated_by: float = 0.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -319,13 +329,55 @@ class Dlib68Estimator:
         shape = predictor(np.ascontiguousarray(image), dlib.rectangle(x1, y1, x2, y2))
         return np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], dtype=np.float64)
 
-    def measure(self, image: np.ndarray, bbox: np.ndarray) -> Dlib68Measurement:
-        """Measure the face whose box (from our detector) is ``bbox`` in an RGB uint8 ``(H, W, 3)`` image."""
+    def _points(self, image: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """68 points, the box they were found in and its source, in ``image``."""
         box = self.find_box(image, bbox)
         source = "dlib-hog"
         if box is None:
             box, source = np.asarray(bbox, dtype=np.float64), "ours"
-        points = self.landmarks(image, box)
+        return self.landmarks(image, box), box, source
+
+    def _upright_pass(self, image: np.ndarray, points: np.ndarray, box: np.ndarray, angle: float):
+        """Turn the face upright (rotate by ``angle`` degrees about the centre of ``points``, in a window of three
+        face boxes), find its box and points there, and map the points back to ``image``."""
+        import cv2
+
+        centre = points.mean(axis=0)
+        side = int(max(64, 3 * max(box[2] - box[0], box[3] - box[1])))
+        m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, 1.0)
+        m[:, 2] += side / 2.0 - centre
+        window = cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        half = np.array([box[2] - box[0], box[3] - box[1]]) / 2.0
+        ref = np.concatenate([side / 2.0 - half, side / 2.0 + half])
+        upright, up_box, source = self._points(window, ref)
+        inverse = cv2.invertAffineTransform(m)
+        return upright @ inverse[:, :2].T + inverse[:, 2], up_box, source
+
+    def measure(self, image: np.ndarray, bbox: np.ndarray, keypoints: np.ndarray | None = None) -> Dlib68Measurement:
+        """Measure the face whose box (from our detector) is ``bbox`` in an RGB uint8 ``(H, W, 3)`` image.
+
+        HOG box (or ours) -> 68 points; when the eye line (36 -> 45) is tilted by more than
+        :data:`UPRIGHT_TOLERANCE`, the face is turned upright and measured again, since both dlib models expect an
+        upright face (unrotated, a face rolled by 40 degrees reads about 15 degrees of roll) -> PnP pose and ratios.
+
+        Args:
+            keypoints: optional ``(5, 2)`` keypoints of our detector (RetinaFace; eyes first, image-left eye
+                first): the first upright turn then uses their eye line rather than the points of a first pass on
+                the tilted face, which dlib may misplace (or find in a wrong HOG box) beyond ~40 degrees of roll.
+                Later turns, and every point measured, are dlib's.
+        """
+        image = np.ascontiguousarray(image)
+        points, box, source = self._points(image, bbox)
+        derotated = 0.0
+        for i in range(UPRIGHT_PASSES):
+            eye = points[45] - points[36]
+            if i == 0 and keypoints is not None:
+                eye = np.asarray(keypoints, dtype=np.float64)[1] - np.asarray(keypoints, dtype=np.float64)[0]
+            tilt = float(np.degrees(np.arctan2(eye[1], eye[0])))  # of the eye line in the image, not the window
+            if abs(tilt - derotated) <= UPRIGHT_TOLERANCE:
+                break
+            derotated = tilt
+            points, box, source = self._upright_pass(image, points, box, derotated)
         h, w = image.shape[:2]
         yaw, pitch, roll, rms = pose_from_68(points, (w, h), point_set=self.point_set, focal=self.focal)
         return Dlib68Measurement(
@@ -337,4 +389,5 @@ class Dlib68Estimator:
             roll=roll,
             reprojection_px=rms,
             ratios=expression_ratios(points),
+            derotated_by=derotated,
         )

@@ -220,7 +220,7 @@ class Evaluator:
         from hifi_portrait.evaluation.dlib68 import blendshape_groups
 
         if gen.dlib68 is None:
-            gen.dlib68 = self.dlib68.measure(gen.image, np.asarray(gen.face.bbox))
+            gen.dlib68 = self.dlib68.measure(gen.image, np.asarray(gen.face.bbox), np.asarray(gen.face.keypoints))
         m, face = gen.dlib68, gen.face
         measured = {"yaw": m.yaw, "pitch": m.pitch, "roll": m.roll}
         out: dict[str, Any] = {f"dlib68_{k}": v for k, v in measured.items()}
