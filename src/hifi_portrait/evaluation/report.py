@@ -191,15 +191,17 @@ def _plot_pose_error(results: Sequence[EvaluationResult], path: Path) -> bool:
     fig, axs = plt.subplots(1, len(axes_with_data), figsize=(4 * len(axes_with_data), 3.5), squeeze=False)
     for ax, axis in zip(axs[0], axes_with_data, strict=True):
         for r in results:
-            pts = [(row[f"cmd_{axis}"], row[f"{axis}_error"]) for row in r.rows if f"{axis}_error" in row]
-            if pts:
-                x, y = zip(*pts, strict=True)
-                ax.scatter(x, y, s=14, alpha=0.7, label=r.method)
+            for prefix, marker, suffix in (("", "o", ""), ("dlib68_", "x", " (dlib68)")):
+                key = f"{prefix}{axis}_error"
+                pts = [(row[f"cmd_{axis}"], row[key]) for row in r.rows if key in row]
+                if pts:
+                    x, y = zip(*pts, strict=True)
+                    ax.scatter(x, y, s=14, alpha=0.7, marker=marker, label=f"{r.method}{suffix}")
         ax.set_xlabel(f"commanded {axis} (°)")
         ax.set_ylabel(f"|{axis} error| (°)")
         ax.grid(alpha=0.3)
     axs[0][0].legend(fontsize=7)
-    fig.suptitle("Pose error vs commanded angle")
+    fig.suptitle("Pose error vs commanded angle (o: mediapipe, x: dlib68)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
