@@ -168,6 +168,28 @@ def test_blendshape_groups_average_left_and_right():
     assert groups == pytest.approx({"jawOpen": 0.3, "eyeBlink": 0.3, "browInnerUp": 0.1})  # no smile scores given
 
 
+def test_degenerate_points_are_a_counted_failure_not_a_crash(evaluator, data_dir, tmp_path):
+    """dlib's predictor collapsing every point onto one pixel (real pose/ratio code on a degenerate input): the
+    image keeps its mediapipe columns, dlib68 says why it has none."""
+    from hifi_portrait.evaluation import Evaluator, load_manifest
+
+    class Collapsed(Dlib68Estimator):
+        def landmarks(self, image, box):
+            return np.tile([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], (68, 1))
+
+    ev = Evaluator(analyzer=evaluator.analyzer, progress=False, dlib68=Collapsed())
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"entries:\n  - id: a\n    references: [{data_dir / 'obama.jpg'}]\n")
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "a_0.jpg").write_bytes((data_dir / "obama2.jpg").read_bytes())
+    result = ev.evaluate(load_manifest(manifest), gen)
+    row = result.rows[0]
+    assert row["face_detected"] and "yaw" in row and "dlib68_yaw" not in row
+    assert "68 finite" in row["dlib68_failure"] or "coincide" in row["dlib68_failure"]
+    assert any("dlib68: no measurement in 1 image(s) (a_0.jpg)" in n for n in result.notices)
+
+
 # ---------------------------------------------------------------- model file
 def test_missing_model_file_is_a_typed_error(tmp_path):
     with pytest.raises(ModelFilesMissingError, match="face_recognition_models"):

@@ -269,7 +269,10 @@ class Dlib68Estimator:
     name = "dlib68"
 
     def __init__(
-        self, model_path: str | os.PathLike | None = None, point_set: str = DEFAULT_POINT_SET, focal=None
+        self,
+        model_path: str | os.PathLike | None = None,
+        point_set: str = DEFAULT_POINT_SET,
+        focal: float | None = None,
     ) -> None:
         if model_path is None:
             from hifi_portrait.face.model_files import dlib_model

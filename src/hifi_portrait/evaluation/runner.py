@@ -45,7 +45,7 @@ class AnalyzedImage:
     face: Any | None  # hifi_portrait.face.FaceAnalysis
     failure: str | None = None
     identity: dict[str, np.ndarray] = field(default_factory=dict)
-    dlib68: Any | None = None  # hifi_portrait.evaluation.dlib68.Dlib68Measurement, measured on first use
+    dlib68: Any | None = None  # evaluation.dlib68.Dlib68Measurement, measured on first use (a str: why it failed)
 
 
 @dataclass
@@ -98,7 +98,7 @@ class Evaluator:
 
     #: Per-image columns that are measurements or labels, not scores: kept out of the summary means.
     _NOT_AVERAGED = frozenset(
-        {"entry", "image", "face_detected", "failure", "dlib68_box"}
+        {"entry", "image", "face_detected", "failure", "dlib68_box", "dlib68_failure"}
         | {f"{prefix}{axis}" for prefix in ("cmd_", "", "dlib68_") for axis in AXES}
     )
 
@@ -217,10 +217,18 @@ class Evaluator:
         """The independent measurement beside mediapipe's: dlib68 pose (and its error when a pose was commanded),
         the absolute mediapipe-vs-dlib68 difference per axis, the expression ratios and mediapipe's comparable
         blendshape groups."""
+        import cv2
+
         from hifi_portrait.evaluation.dlib68 import blendshape_groups
 
         if gen.dlib68 is None:
-            gen.dlib68 = self.dlib68.measure(gen.image, np.asarray(gen.face.bbox), np.asarray(gen.face.keypoints))
+            try:
+                gen.dlib68 = self.dlib68.measure(gen.image, np.asarray(gen.face.bbox), np.asarray(gen.face.keypoints))
+            except (ValueError, cv2.error) as exc:  # degenerate points: counted, never fatal
+                logger.warning("dlib68 failed on %s: %s", gen.path.name, exc)
+                gen.dlib68 = str(exc)
+        if isinstance(gen.dlib68, str):
+            return {"dlib68_failure": gen.dlib68}
         m, face = gen.dlib68, gen.face
         measured = {"yaw": m.yaw, "pitch": m.pitch, "roll": m.roll}
         out: dict[str, Any] = {f"dlib68_{k}": v for k, v in measured.items()}
@@ -357,6 +365,12 @@ class Evaluator:
         if self._dlib68_notice:
             notices.append(self._dlib68_notice)
             return
+        failed = [Path(r["image"]).name for r in rows if "dlib68_failure" in r]
+        if failed:
+            notices.append(
+                f"dlib68: no measurement in {len(failed)} image(s) ({', '.join(failed)}): dlib's 68 points were "
+                "degenerate (column dlib68_failure says why); mediapipe's columns are kept"
+            )
         fallback = [Path(r["image"]).name for r in rows if r.get("dlib68_box") == "ours"]
         if fallback:
             notices.append(
