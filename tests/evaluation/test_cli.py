@@ -41,6 +41,8 @@ def test_eval_two_methods_against_a_reference_folder(tmp_path, data_dir):
     assert res.exit_code == 0, res.output
     assert "| ours |" in res.output and "| other |" in res.output
     assert "CLIP-T and diversity skipped" in res.output
+    assert "yaw mp vs dlib68" in res.output  # the independent measurement is on by default
+    assert "| yaw dlib68 |" in (out / "ours" / "report.md").read_text()
     for method in ("ours", "other"):
         assert (out / method / "results.csv").is_file() and (out / method / "report.md").is_file()
     assert (out / "comparison.md").is_file() and (out / "comparison_id_similarity.png").is_file()
@@ -68,3 +70,8 @@ def test_eval_exit_codes(tmp_path, data_dir):
     # CLIP weights that are not there: model files missing
     res = runner.invoke(app, ["eval", str(good), "-g", str(gen), "--out", out, "--clip", str(tmp_path / "clip")])
     assert res.exit_code == 3 and "CLIP" in res.output
+    # a dlib 68-point model file named explicitly but missing: model files missing (the default is only skipped)
+    res = runner.invoke(app, ["eval", str(good), "-g", str(gen), "--out", out, "--dlib68-model", str(tmp_path / "x")])
+    assert res.exit_code == 3 and "68-point" in res.output
+    res = runner.invoke(app, ["eval", str(good), "-g", str(gen), "--out", out, "--no-dlib68", "--dlib68-model", "x"])
+    assert res.exit_code == 2 and "--no-dlib68" in res.output

@@ -152,6 +152,52 @@ def test_two_recognizers_are_both_reported(bench, data_dir, evaluator):
     assert res.recognizers == [DLIB, "dlib-mirrored"]
 
 
+def test_independent_dlib68_columns_beside_mediapipe(result, tmp_path):
+    """Every detected face is measured a second time by dlib68; its errors use the same commanded pose."""
+    detected = [r for r in result.rows if r["face_detected"]]
+    for r in detected:
+        for axis in ("yaw", "pitch", "roll"):
+            assert r[f"{axis}_mp_vs_dlib68"] == pytest.approx(abs(r[axis] - r[f"dlib68_{axis}"]), abs=1e-9)
+        assert r["dlib68_box"] in ("dlib-hog", "ours")
+        assert {"mouth_open", "eye_open", "mouth_corner_lift", "brow_raise", "bs_jawOpen", "bs_eyeBlink"} <= set(r)
+        assert abs(r["yaw"] - r["dlib68_yaw"]) < 5.0  # near-frontal real photos: the two estimators agree
+    assert not any("dlib68_yaw" in r for r in result.rows if not r["face_detected"])
+    e2 = next(r for r in result.rows if r["entry"] == "e2")
+    assert e2["dlib68_yaw_error"] == pytest.approx(abs(e2["dlib68_yaw"] - e2["cmd_yaw"]), abs=1e-9)
+    assert e2["dlib68_pose_error"] == pytest.approx((e2["dlib68_yaw_error"] + e2["dlib68_pitch_error"]) / 2)
+    assert "dlib68_roll_error" not in e2  # roll was not commanded
+    s = result.summary
+    assert s["dlib68_pose_error_n"] == 1 and s["yaw_mp_vs_dlib68_n"] == 4
+    assert "dlib68_yaw_mean" not in s and "dlib68_box_mean" not in s  # measurements and labels are not scores
+    files = write_report(result, tmp_path / "r")
+    md = files["markdown"].read_text()
+    assert "pose err dlib68" in md and "yaw mp vs dlib68" in md
+    table = md.split("## Control per image")[1]
+    assert "| yaw mp | yaw dlib68 |" in table and "| mouth open | jawOpen |" in table
+    assert table.count("| e1_0.jpg |") == 1 and "e1_3.png" not in table  # no face, no control row
+    with files["csv"].open() as fh:
+        header = next(csv.reader(fh))
+    assert {"dlib68_yaw", "dlib68_pitch", "dlib68_roll", "mouth_open", "eye_open"} <= set(header)
+
+
+def test_missing_dlib68_model_is_skipped_with_a_notice(monkeypatch, bench, data_dir, evaluator):
+    """No face_recognition_models package: the dlib68 columns are skipped with a notice, the rest still runs."""
+    from hifi_portrait.evaluation import Evaluator
+    from hifi_portrait.face import model_files
+
+    monkeypatch.setattr(model_files, "_package_dir", lambda package: None)
+    ev = Evaluator(analyzer=evaluator.analyzer, recognizers=[evaluator.analyzer.embedder], progress=False)
+    assert ev.dlib68 is None
+    entry = {"id": "e1", "references": [str(data_dir / "obama.jpg")], "generated": ["e1_2.jpg"]}
+    res = ev.evaluate(load_manifest(_write(bench["root"] / "nodlib.yaml", {"entries": [entry]})), bench["gen"])
+    assert res.rows[0]["face_detected"] and "yaw" in res.rows[0]
+    assert not any(k.startswith("dlib68_") or k == "mouth_open" for k in res.rows[0])
+    assert any("dlib68 pose/expression skipped" in n and "face_recognition_models" in n for n in res.notices)
+    off = Evaluator(analyzer=evaluator.analyzer, progress=False, dlib68=None)
+    res = off.evaluate(load_manifest(bench["root"] / "nodlib.yaml"), bench["gen"])
+    assert any("skipped: disabled" in n for n in res.notices)
+
+
 # ------------------------------------------------------------------ bad input
 def _write(path, data):
     path.write_text(yaml.safe_dump(data))

@@ -7,7 +7,8 @@ Examples::
 
 Writes ``<out>/<method>/{results.csv, results.json, report.md, id_similarity.png, pose_error_vs_angle.png}`` and,
 with several methods, ``<out>/comparison.{md,csv}`` and overlaid plots. Metrics whose model files were not given
-(ArcFace, CLIP, Inception) are skipped with a notice in the report, never estimated otherwise.
+(ArcFace, CLIP, Inception, dlib's 68-point model) are skipped with a notice in the report, never estimated otherwise.
+Pose and expression are measured twice: by mediapipe and, independently, by dlib's 68 points + PnP (``dlib68_*``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def evaluate(
     kid_subset_size: int = typer.Option(1000, help="KID: subset size (capped by the set sizes)."),
     face_landmarker: Path | None = typer.Option(None, help="A face_landmarker.task file (default: packaged copy)."),
     device: str = typer.Option("cpu", help="torch device of CLIP and Inception."),
+    dlib68: bool = typer.Option(
+        True,
+        "--dlib68/--no-dlib68",
+        help="Also measure pose and expression with dlib's 68-point model + PnP (independent of mediapipe; "
+        "evaluation only: the model's training data, iBUG 300-W, is licensed for non-commercial research).",
+    ),
+    dlib68_model: Path | None = typer.Option(
+        None, help="shape_predictor_68_face_landmarks.dat (default: the face_recognition_models package's copy)."
+    ),
 ) -> None:
     """Score generated portraits: identity, copy-paste, pose/expression/landmark control, CLIP-T, FID/KID."""
     from hifi_portrait.evaluation import (
@@ -82,7 +92,13 @@ def evaluate(
         if inception is not None and fid_ref is None:
             raise ConfigError("--inception needs --fid-ref FOLDER (the real photos FID/KID compare with)")
         bench = load_manifest(manifest) if manifest else manifest_from_folders(references, prompt=prompt)
+        from hifi_portrait.evaluation.dlib68 import Dlib68Estimator
         from hifi_portrait.face import FaceAnalyzer, InsightFaceEmbedder, QualityConfig
+
+        if dlib68_model is not None and not dlib68:
+            raise ConfigError("--dlib68-model was given with --no-dlib68; drop one of them")
+        # an explicitly named model file must exist (exit code 3); the packaged default is skipped with a notice
+        independent = Dlib68Estimator(dlib68_model) if dlib68_model is not None else "auto" if dlib68 else None
 
         analyzer = FaceAnalyzer(quality=QualityConfig(on_unusable="warn"), face_landmarker_path=face_landmarker)
         recognizers = [analyzer.embedder]
@@ -96,6 +112,7 @@ def evaluate(
             fid_reference_dir=fid_ref,
             kid_subsets=kid_subsets,
             kid_subset_size=kid_subset_size,
+            dlib68=independent,
         )
         out.mkdir(parents=True, exist_ok=True)
         results = []

@@ -18,7 +18,7 @@ AXES = ("yaw", "pitch", "roll")
 EYE_INDICES: dict[int, tuple[int, int]] = {478: (33, 263), 468: (33, 263), 68: (36, 45), 5: (0, 1)}
 
 
-def _angle_diff(a: float, b: float) -> float:
+def angle_diff(a: float, b: float) -> float:
     """Signed difference ``a - b`` in degrees wrapped into ``[-180, 180)``."""
     return float((a - b + 180.0) % 360.0 - 180.0)
 
@@ -46,7 +46,7 @@ def pose_error(commanded: Mapping[str, float | None], measured: Mapping[str, flo
         value = commanded.get(axis)
         if value is None:
             continue
-        out[f"{axis}_error"] = abs(_angle_diff(float(measured[axis]), float(value)))
+        out[f"{axis}_error"] = abs(angle_diff(float(measured[axis]), float(value)))
     if not out:
         raise ValueError("no pose axis was commanded")
     out["mean_abs_error"] = float(np.mean(list(out.values())))

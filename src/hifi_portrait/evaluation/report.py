@@ -29,6 +29,9 @@ _COLUMNS = [
     ("yaw_error_mean", "yaw err ° ↓", "{:.2f}"),
     ("pitch_error_mean", "pitch err ° ↓", "{:.2f}"),
     ("roll_error_mean", "roll err ° ↓", "{:.2f}"),
+    ("dlib68_pose_error_mean", "pose err dlib68 ° ↓", "{:.2f}"),
+    ("dlib68_yaw_error_mean", "yaw err dlib68 ° ↓", "{:.2f}"),
+    ("yaw_mp_vs_dlib68_mean", "yaw mp vs dlib68 °", "{:.2f}"),
     ("expression_error_mean", "expr. err ↓", "{:.3f}"),
     ("landmark_nme_mean", "landmark NME ↓", "{:.4f}"),
     ("clip_t_mean", "CLIP-T ↑", "{:.4f}"),
@@ -76,6 +79,49 @@ def markdown_table(results: Sequence[EvaluationResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: (row key, column title, format) of the per-image control table: mediapipe and dlib68 side by side.
+_CONTROL_COLUMNS = [
+    ("cmd_yaw", "cmd yaw", "{:.1f}"),
+    ("yaw", "yaw mp", "{:.1f}"),
+    ("dlib68_yaw", "yaw dlib68", "{:.1f}"),
+    ("cmd_pitch", "cmd pitch", "{:.1f}"),
+    ("pitch", "pitch mp", "{:.1f}"),
+    ("dlib68_pitch", "pitch dlib68", "{:.1f}"),
+    ("cmd_roll", "cmd roll", "{:.1f}"),
+    ("roll", "roll mp", "{:.1f}"),
+    ("dlib68_roll", "roll dlib68", "{:.1f}"),
+    ("dlib68_box", "dlib68 box", "{}"),
+    ("mouth_open", "mouth open", "{:.3f}"),
+    ("bs_jawOpen", "jawOpen", "{:.2f}"),
+    ("eye_open", "eye open (EAR)", "{:.3f}"),
+    ("bs_eyeBlink", "eyeBlink", "{:.2f}"),
+    ("mouth_corner_lift", "corner lift", "{:+.3f}"),
+    ("bs_mouthSmile", "mouthSmile", "{:.2f}"),
+    ("brow_raise", "brow raise", "{:.3f}"),
+    ("bs_browInnerUp", "browInnerUp", "{:.2f}"),
+]
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def control_table(result: EvaluationResult) -> str:
+    """Per-image Markdown table of the control measurements: commanded, mediapipe and dlib68 pose side by side,
+    then each dlib68 expression ratio beside mediapipe's comparable blendshape score ("" when nothing to show)."""
+    rows = [r for r in result.rows if "dlib68_yaw" in r or "yaw" in r]
+    if not rows:
+        return ""
+    cols = [c for c in _CONTROL_COLUMNS if any(c[0] in r for r in rows)]
+    lines = ["| image | " + " | ".join(t for _, t, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in rows:
+        cells = [_fmt(r.get(k), fmt) for k, _, fmt in cols]
+        lines.append(f"| {Path(r['image']).name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _markdown(result: EvaluationResult) -> str:
     parts = [f"# Evaluation of `{result.method}` on `{result.manifest}`\n", markdown_table([result])]
     parts.append(
@@ -90,6 +136,13 @@ def _markdown(result: EvaluationResult) -> str:
         for e in result.entries:
             cells = [f"{e[k]:.3f}" if isinstance(e.get(k), float) else str(e.get(k, "-")) for k in keys]
             parts.append(f"| {e['entry']} | " + " | ".join(cells) + " |\n")
+    control = control_table(result)
+    if control:
+        parts.append(
+            "\n## Control per image: mediapipe (mp) and the independent dlib68 measurement\n\n"
+            "Angles in degrees; the expression ratios of dlib's 68 points (docs/evaluation.md) beside mediapipe's "
+            "comparable blendshape scores: related, not equal (compare them as correlations).\n\n" + control
+        )
     if result.notices:
         parts.append("\n## Notices\n\n" + "".join(f"- {n}\n" for n in result.notices))
     return "".join(parts)
@@ -138,15 +191,17 @@ def _plot_pose_error(results: Sequence[EvaluationResult], path: Path) -> bool:
     fig, axs = plt.subplots(1, len(axes_with_data), figsize=(4 * len(axes_with_data), 3.5), squeeze=False)
     for ax, axis in zip(axs[0], axes_with_data, strict=True):
         for r in results:
-            pts = [(row[f"cmd_{axis}"], row[f"{axis}_error"]) for row in r.rows if f"{axis}_error" in row]
-            if pts:
-                x, y = zip(*pts, strict=True)
-                ax.scatter(x, y, s=14, alpha=0.7, label=r.method)
+            for prefix, marker, suffix in (("", "o", ""), ("dlib68_", "x", " (dlib68)")):
+                key = f"{prefix}{axis}_error"
+                pts = [(row[f"cmd_{axis}"], row[key]) for row in r.rows if key in row]
+                if pts:
+                    x, y = zip(*pts, strict=True)
+                    ax.scatter(x, y, s=14, alpha=0.7, marker=marker, label=f"{r.method}{suffix}")
         ax.set_xlabel(f"commanded {axis} (°)")
         ax.set_ylabel(f"|{axis} error| (°)")
         ax.grid(alpha=0.3)
     axs[0][0].legend(fontsize=7)
-    fig.suptitle("Pose error vs commanded angle")
+    fig.suptitle("Pose error vs commanded angle (o: mediapipe, x: dlib68)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -2,7 +2,9 @@
 
 For each generated image: detect and analyse the face (failures are counted, never fatal), compare its identity
 vectors with the references and the held-out ground truth (every recognizer), compare its re-estimated pose,
-expression and landmarks with what the manifest commanded, and (when the user supplied the models) score CLIP-T.
+expression and landmarks with what the manifest commanded, measure pose and expression a second time with an
+independent landmark model (dlib's 68 points + PnP, :mod:`hifi_portrait.evaluation.dlib68`), and (when the user
+supplied the models) score CLIP-T.
 Per set: detection rate, means, CLIP diversity per entry, FID/KID against a folder of real photos.
 """
 
@@ -18,8 +20,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from hifi_portrait.errors import FaceNotFoundError, ImageLoadError, UnusableFaceError
-from hifi_portrait.evaluation.control import EYE_INDICES, expression_error, landmark_nme, pose_error
+from hifi_portrait.errors import FaceNotFoundError, ImageLoadError, ModelFilesMissingError, UnusableFaceError
+from hifi_portrait.evaluation.control import (
+    AXES,
+    EYE_INDICES,
+    angle_diff,
+    expression_error,
+    landmark_nme,
+    pose_error,
+)
 from hifi_portrait.evaluation.distribution import fid_from_features, kid_from_features, mean_pairwise_dissimilarity
 from hifi_portrait.evaluation.identity import copy_paste_over_references, cosine_similarity
 from hifi_portrait.evaluation.manifest import IMAGE_EXTENSIONS, Entry, Manifest, resolve_generated
@@ -36,6 +45,7 @@ class AnalyzedImage:
     face: Any | None  # hifi_portrait.face.FaceAnalysis
     failure: str | None = None
     identity: dict[str, np.ndarray] = field(default_factory=dict)
+    dlib68: Any | None = None  # evaluation.dlib68.Dlib68Measurement, measured on first use (a str: why it failed)
 
 
 @dataclass
@@ -81,7 +91,16 @@ class Evaluator:
         fid_reference_dir: folder of real photos that FID/KID compare the generated set with.
         kid_subsets, kid_subset_size: KID's subset sampling (capped by the set sizes).
         progress: show tqdm progress bars.
+        dlib68: the independent pose/expression measurement: ``"auto"`` (default: dlib's 68-point model from the
+            ``face_recognition_models`` package, skipped with a notice when that file is missing), a
+            :class:`~hifi_portrait.evaluation.dlib68.Dlib68Estimator`, or None (not measured).
     """
+
+    #: Per-image columns that are measurements or labels, not scores: kept out of the summary means.
+    _NOT_AVERAGED = frozenset(
+        {"entry", "image", "face_detected", "failure", "dlib68_box", "dlib68_failure"}
+        | {f"{prefix}{axis}" for prefix in ("cmd_", "", "dlib68_") for axis in AXES}
+    )
 
     def __init__(
         self,
@@ -93,6 +112,7 @@ class Evaluator:
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
         progress: bool = True,
+        dlib68: Any = "auto",
     ) -> None:
         if analyzer is None:
             from hifi_portrait.face import FaceAnalyzer, QualityConfig
@@ -106,6 +126,23 @@ class Evaluator:
         self.kid_subsets, self.kid_subset_size = int(kid_subsets), int(kid_subset_size)
         self.progress = progress
         self._cache: dict[Path, AnalyzedImage] = {}
+        self.dlib68, self._dlib68_notice = self._make_dlib68(dlib68)
+
+    @staticmethod
+    def _make_dlib68(dlib68: Any) -> tuple[Any | None, str | None]:
+        if dlib68 is None:
+            return None, "dlib68 pose/expression skipped: disabled (--no-dlib68)"
+        if not isinstance(dlib68, str):
+            return dlib68, None
+        if dlib68 != "auto":
+            raise ValueError(f"dlib68 must be 'auto', None or a Dlib68Estimator, not {dlib68!r}")
+        from hifi_portrait.evaluation.dlib68 import Dlib68Estimator
+
+        try:
+            return Dlib68Estimator(), None
+        except ModelFilesMissingError as exc:
+            logger.warning("%s", exc)
+            return None, f"dlib68 pose/expression skipped: {exc}"
 
     # ------------------------------------------------------------------ analysis
     def analyze(self, path: str | os.PathLike) -> AnalyzedImage:
@@ -172,7 +209,40 @@ class Evaluator:
             row["expression_error"] = expression_error(entry.target.blendshapes, face.blendshapes)
         if entry.target.landmarks is not None:
             row["landmark_nme"] = self._landmark_nme(entry, face)
+        if self.dlib68 is not None:
+            row.update(self._dlib68_columns(gen, pose))
         return row
+
+    def _dlib68_columns(self, gen: AnalyzedImage, pose: dict) -> dict[str, Any]:
+        """The independent measurement beside mediapipe's: dlib68 pose (and its error when a pose was commanded),
+        the absolute mediapipe-vs-dlib68 difference per axis, the expression ratios and mediapipe's comparable
+        blendshape groups."""
+        import cv2
+
+        from hifi_portrait.evaluation.dlib68 import blendshape_groups
+
+        if gen.dlib68 is None:
+            try:
+                gen.dlib68 = self.dlib68.measure(gen.image, np.asarray(gen.face.bbox), np.asarray(gen.face.keypoints))
+            except (ValueError, cv2.error) as exc:  # degenerate points: counted, never fatal
+                logger.warning("dlib68 failed on %s: %s", gen.path.name, exc)
+                gen.dlib68 = str(exc)
+        if isinstance(gen.dlib68, str):
+            return {"dlib68_failure": gen.dlib68}
+        m, face = gen.dlib68, gen.face
+        measured = {"yaw": m.yaw, "pitch": m.pitch, "roll": m.roll}
+        out: dict[str, Any] = {f"dlib68_{k}": v for k, v in measured.items()}
+        out["dlib68_box"] = m.box_source
+        out["dlib68_reprojection_px"] = m.reprojection_px
+        for axis in AXES:
+            out[f"{axis}_mp_vs_dlib68"] = abs(angle_diff(getattr(face.pose, axis), measured[axis]))
+        if pose:
+            err = pose_error(pose, measured)
+            out.update({f"dlib68_{k}": err[k] for k in ("yaw_error", "pitch_error", "roll_error") if k in err})
+            out["dlib68_pose_error"] = err["mean_abs_error"]
+        out.update(m.ratios)
+        out.update({f"bs_{k}": v for k, v in blendshape_groups(face.blendshapes).items()})
+        return out
 
     @staticmethod
     def _landmark_nme(entry: Entry, face) -> float:
@@ -224,6 +294,7 @@ class Evaluator:
             entries.append(self._entry_summary(entry, refs, entry_rows, generated[entry.id]))
         bar.close()
         self._add_clip(manifest, generated, rows, entries, notices)
+        self._dlib68_notices(rows, notices)
         summary = self._summarize(rows, entries)
         summary.update(self._fid_kid(generated, notices))
         if not self.recognizers[1:]:
@@ -290,8 +361,25 @@ class Evaluator:
         if not any("diversity_clip" in e for e in entries):
             notices.append("diversity skipped: no entry has 2 or more readable generated images")
 
-    @staticmethod
-    def _summarize(rows: list[dict], entries: list[dict]) -> dict[str, Any]:
+    def _dlib68_notices(self, rows: list[dict], notices: list[str]) -> None:
+        if self._dlib68_notice:
+            notices.append(self._dlib68_notice)
+            return
+        failed = [Path(r["image"]).name for r in rows if "dlib68_failure" in r]
+        if failed:
+            notices.append(
+                f"dlib68: no measurement in {len(failed)} image(s) ({', '.join(failed)}): dlib's 68 points were "
+                "degenerate (column dlib68_failure says why); mediapipe's columns are kept"
+            )
+        fallback = [Path(r["image"]).name for r in rows if r.get("dlib68_box") == "ours"]
+        if fallback:
+            notices.append(
+                f"dlib68: dlib's HOG detector found no face in {len(fallback)} image(s) ({', '.join(fallback)}); "
+                "their 68 points were placed in our detector's box instead (column dlib68_box = 'ours')"
+            )
+
+    @classmethod
+    def _summarize(cls, rows: list[dict], entries: list[dict]) -> dict[str, Any]:
         n = len(rows)
         detected = sum(bool(r["face_detected"]) for r in rows)
         summary: dict[str, Any] = {
@@ -301,19 +389,7 @@ class Evaluator:
             "n_detected": detected,
             "detection_rate": detected / n if n else float("nan"),
         }
-        skip = {
-            "entry",
-            "image",
-            "face_detected",
-            "failure",
-            "cmd_yaw",
-            "cmd_pitch",
-            "cmd_roll",
-            "yaw",
-            "pitch",
-            "roll",
-        }
-        keys = sorted({k for r in rows for k in r if k not in skip})
+        keys = sorted({k for r in rows for k in r if k not in cls._NOT_AVERAGED})
         for key in keys:
             vals = np.array([r[key] for r in rows if key in r and r[key] is not None], dtype=np.float64)
             vals = vals[np.isfinite(vals)]
