@@ -120,12 +120,13 @@ def model_points_68() -> np.ndarray:
 
     mediapipe's canonical face mesh mapped to the 68 iBUG points by
     :data:`hifi_portrait.landmarks.openpose.IBUG68_FROM_MESH` (vertex blends chosen against dlib's predictor on the
-    calibration photos ``tests/data/ids``).
+    calibration photos ``tests/data/ids``). The fixed table, not the pose-aware jaw line of the ``openpose`` maps:
+    this is the 3D face itself (y up), not a projection of it whose outline moves with the pose.
     """
     from hifi_portrait.landmarks.mesh import canonical_landmarks
     from hifi_portrait.landmarks.openpose import face68
 
-    return face68(canonical_landmarks())
+    return face68(canonical_landmarks(), contour=False)
 
 
 def _face_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
