@@ -36,6 +36,7 @@ __all__ = [
     "bool_list",
     "number",
     "short",
+    "shown_key",
     "strict_json",
     "validate_config",
 ]
@@ -72,6 +73,13 @@ def short(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters (values from a hostile file can be huge)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_key(key: Any, limit: int = 80) -> str:
+    """A key as it is (a string), cut to ``limit`` characters, or the repr of a non-string key."""
+    if not isinstance(key, str):
+        return short(key, limit)
+    return key if len(key) <= limit else key[: limit - 3] + "..."
 
 
 def _is_int(value: Any) -> bool:
@@ -281,7 +289,7 @@ def check_dtype(dtype: str, key: str, path: Path | str) -> torch.dtype:
     """The torch dtype of safetensors dtype name ``dtype`` of tensor ``key``, if float16/bfloat16/float32."""
     if dtype not in ALLOWED_DTYPES:
         raise AdapterFormatError(
-            f"{path}: tensor {short(key, 120)} is {dtype}; weights must be float16, bfloat16 or float32 (integer, "
+            f"{path}: tensor {shown_key(key, 120)} is {dtype}; weights must be float16, bfloat16 or float32 (integer, "
             "bool, float64 and float8 tensors are refused rather than silently cast). Re-save the weights in one "
             "of these dtypes."
         )
@@ -292,11 +300,11 @@ def check_torch_dtype(tensor: torch.Tensor, key: str, path: Path | str) -> None:
     """Refuse a tensor that is not a dense float16/bfloat16/float32 tensor (for pickled checkpoints)."""
     if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type != "cpu":
         raise AdapterFormatError(
-            f"{path}: tensor {short(key, 120)} is not a dense CPU tensor ({tensor.layout}, {tensor.device}); "
+            f"{path}: tensor {shown_key(key, 120)} is not a dense CPU tensor ({tensor.layout}, {tensor.device}); "
             "weights must be plain dense tensors"
         )
     if tensor.dtype not in ALLOWED_DTYPES.values():
         raise AdapterFormatError(
-            f"{path}: tensor {short(key, 120)} is {tensor.dtype}; weights must be float16, bfloat16 or float32 "
+            f"{path}: tensor {shown_key(key, 120)} is {tensor.dtype}; weights must be float16, bfloat16 or float32 "
             "(integer, bool, float64 tensors are refused rather than silently cast)"
         )
