@@ -211,7 +211,7 @@ def _unknown(keys: list[str], known: list[str]) -> str:
     parts = []
     for key in sorted(keys)[:12]:
         close = difflib.get_close_matches(key, known, n=1)
-        parts.append(f"{short(key, 40)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        parts.append(shown_key(key, 40) + (f" (did you mean {close[0]!r}?)" if close else ""))
     return ", ".join(parts) + (f" ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
 
 
