@@ -104,12 +104,15 @@ def _safe_torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = short(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)
-        if "weights only" not in str(exc).lower():  # not a pickle at all, or a corrupt one
-            raise AdapterFormatError(f"{path} is not a readable torch checkpoint ({first}). {_WHERE}.") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
+        if "Unsupported operand" in reason or "weights only" not in str(exc).lower():  # not a pickle, or corrupt
+            raise AdapterFormatError(
+                f"{path} is not a readable torch checkpoint ({short(reason, 200)}). {_WHERE}."
+            ) from None
         raise WeightsMismatchError(
             f"{path} holds Python objects other than tensors and plain containers, so it was NOT unpickled "
-            f"(torch.load with weights_only=True refused it: {first}). Only checkpoints made of "
+            f"(torch.load with weights_only=True refused it: {short(reason, 200)}). Only checkpoints made of "
             f"tensors, like InstantID's official ip-adapter.bin, can be converted. {_WHERE}."
         ) from None
     except MemoryError:
@@ -161,14 +164,18 @@ def projection_config_from_state_dict(
     needed = ["latents", "proj_in.weight", "proj_out.weight", "layers.0.0.to_q.weight", "layers.0.1.1.weight"]
     absent = [k for k in needed if k not in sd]
     if absent:
-        raise WeightsMismatchError(f"the image_proj part lacks {', '.join('image_proj.' + k for k in absent)}")
+        raise WeightsMismatchError(
+            f"{source}: the image_proj part lacks {', '.join('image_proj.' + k for k in absent)}"
+        )
     latents = sd["latents"]
     if latents.shape[0] != 1:
         raise AdapterFormatError(f"{source}: image_proj.latents must be (1, T, dim), got {tuple(latents.shape)}")
     hidden = int(latents.shape[2])
     inner = int(sd["layers.0.0.to_q.weight"].shape[0])
     if inner % head_dim:
-        raise WeightsMismatchError(f"image_proj attention width {inner} is not a multiple of head_dim {head_dim}")
+        raise WeightsMismatchError(
+            f"{source}: image_proj attention width {inner} is not a multiple of head_dim {head_dim}. {_WHERE}."
+        )
     depth = 1 + max(int(m.group(1)) for k in sd if (m := _LAYER_KEY.match(k)) and _PROJ_KEY.match(k))
     config = {
         "id_embed_dim": int(sd["proj_in.weight"].shape[1]),
@@ -294,12 +301,17 @@ def convert_instantid_checkpoint(
     indices = check_ip_adapter_layout(ip_sd, config["output_dim"], src)
 
     tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
     for prefix, sd in (("image_proj", proj_sd), ("ip_adapter", ip_sd)):
         for key, value in sd.items():
             t = value.detach().cpu()
             t = (t.to(dtype) if dtype is not None else t).contiguous()
-            # a view into a larger or shared storage is copied (safetensors refuses tensors that share memory)
-            tensors[f"{prefix}.{key}"] = t.clone() if t.untyped_storage().nbytes() != t.nbytes else t
+            # tensors sharing a storage (or views into a larger one) are copied: safetensors refuses shared memory
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in storages or t.untyped_storage().nbytes() != t.nbytes:
+                t = t.clone()
+            storages.add(t.untyped_storage().data_ptr())
+            tensors[f"{prefix}.{key}"] = t
     meta = {
         "format": INSTANTID_FORMAT,
         "format_version": "1",
