@@ -594,9 +594,21 @@ def adapter_cases() -> list[tuple[str, Callable, tuple]]:
     fits = [
         (
             "refiner-for-another-unet",
-            _foreign_refiner,
+            foreign_refiner("fr_out.safetensors", output_dim=32),
             W,
             "makes 32-d ID tokens, the UNet's cross_attention_dim is 64",
+        ),
+        (
+            "refiner-for-another-image-encoder",
+            foreign_refiner("fr_patch.safetensors", patch_dim=48),
+            W,
+            "reads 48-d patch tokens, the pipeline's image encoder gives 32-d ones",
+        ),
+        (
+            "refiner-with-too-few-patches",
+            foreign_refiner("fr_npatch.safetensors", num_patches=5),
+            W,
+            "knows 5 patch tokens per reference, the pipeline's image encoder gives 17",
         ),
         (
             "hifi-net-for-another-unet",
@@ -641,14 +653,18 @@ def all_tensors(dtype: torch.dtype) -> Edit:
     return edit
 
 
-def _foreign_refiner(folder: Path, good: Good) -> Path:
-    """A consistent adapter whose face refiner makes 32-d tokens (the tiny UNet reads 64-d ones)."""
-    from hifi_portrait.loaders import write_adapter_file
-    from hifi_portrait.models import FaceRefiner
+def foreign_refiner(name: str, **changes: int) -> Callable[[Path, Good], Path]:
+    """A consistent adapter with only a face refiner, of the good one's sizes but ``changes``."""
 
-    sizes = {"id_embed_dim": 128, "patch_dim": 32, "num_patches": 17, "hidden_dim": 32, "num_tokens": 4}
-    refiner = FaceRefiner(**sizes, output_dim=32, num_layers=1, num_heads=4, id_tokens_per_ref=2, ff_mult=2)
-    return write_adapter_file(folder / "foreign_fr.safetensors", face_refiner=refiner)
+    def make(folder: Path, good: Good) -> Path:
+        from hifi_portrait.loaders import write_adapter_file
+        from hifi_portrait.models import FaceRefiner
+
+        cfg = {k: v for k, v in good.config("face_refiner").items() if not k.startswith("_")}
+        cfg.update(num_layers=1, **changes)
+        return write_adapter_file(folder / name, face_refiner=FaceRefiner(**cfg))
+
+    return make
 
 
 def _foreign_hifi_net(folder: Path, good: Good) -> Path:

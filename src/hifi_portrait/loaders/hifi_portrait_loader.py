@@ -165,6 +165,15 @@ class HiFiPortraitLoaderMixin:
                     f"face_refiner in {where} reads {fr['patch_dim']}-d patch tokens, the pipeline's image "
                     f"encoder gives {width}-d ones: use the CLIP vision encoder the adapter was trained with."
                 )
+            size, patch = getattr(encoder.config, "image_size", None), getattr(encoder.config, "patch_size", None)
+            if isinstance(size, int) and isinstance(patch, int) and patch > 0:
+                n_patches = (size // patch) ** 2 + 1  # patches and the class token
+                if n_patches > fr["num_patches"]:
+                    raise WeightsMismatchError(
+                        f"face_refiner in {where} knows {fr['num_patches']} patch tokens per reference, the "
+                        f"pipeline's image encoder gives {n_patches}: use the CLIP vision encoder the adapter was "
+                        "trained with."
+                    )
         if "hifi_net" in adapter.configs:
             self._check_hifi_net_fits(adapter.configs["hifi_net"], where)
         if "ip_attn" in adapter.configs:
