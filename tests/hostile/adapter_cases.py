@@ -244,6 +244,12 @@ def adapter_cases() -> list[tuple[str, Callable, tuple]]:
         ("parts-number", _save("p6.safetensors", meta("parts", "[1]")), A, "unknown parts"),
         ("parts-twice", _save("p7.safetensors", meta("parts", json.dumps(ALL_PARTS + [I]))), A, "twice"),
         ("parts-nested-100000", _save("p8.safetensors", meta("parts", _deep(100_000))), A, "nested more than"),
+        (
+            "config-2-million-characters",
+            _save("big.safetensors", meta("ip_attn_config", '{"num_tokens": 4' + " " * 2_000_000 + "}")),
+            A,
+            "2000017 characters long, more than the 1048576",
+        ),
         ("part-without-config", _save("c0.safetensors", meta("hifi_net_config", None)), A, "no 'hifi_net_config'"),
         (
             "config-of-undeclared-part",

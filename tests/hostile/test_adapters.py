@@ -46,6 +46,7 @@ HUGE = [
     "layers-5000",
     "layer-entry-huge",
     "parts-nested-100000",
+    "config-2-million-characters",
     "header-claims-2^60-bytes",
 ]
 DATA = Path(__file__).resolve().parents[1] / "data"

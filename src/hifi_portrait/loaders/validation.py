@@ -59,6 +59,7 @@ LIMITS: dict[str, int] = {
     "ip_layers": 1024,  # ID attention layers listed in one file (SDXL has 70)
     "layer_name_chars": 256,
     "json_depth": 32,
+    "json_chars": 1 << 20,  # one metadata JSON value (an SDXL adapter's largest, ip_attn_config, is ~10 KB)
 }
 
 
@@ -193,7 +194,13 @@ def _depth(text: str) -> int:
 
 def strict_json(text: str, field: str, path: Path | str, hint: str = "") -> Any:
     """Parse the metadata string ``field`` of ``path``; raise :class:`AdapterFormatError` naming it when it is not
-    strict JSON (syntax error, duplicate key, NaN/Infinity, integer of thousands of digits, nesting too deep)."""
+    strict JSON (syntax error, duplicate key, NaN/Infinity, integer of thousands of digits, nesting too deep) or
+    longer than ``LIMITS["json_chars"]``."""
+    if len(text) > LIMITS["json_chars"]:
+        raise AdapterFormatError(
+            f"{path}: metadata {field!r} is {len(text)} characters long, more than the {LIMITS['json_chars']} a "
+            f"hifi-portrait config can need. {hint}".rstrip()
+        )
     if _depth(text) > LIMITS["json_depth"]:
         raise AdapterFormatError(
             f"{path}: metadata {field!r} is nested more than {LIMITS['json_depth']} levels deep; it is not a "
