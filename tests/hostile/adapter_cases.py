@@ -180,6 +180,18 @@ def _fifo(folder: Path, good: Good) -> Path:
     return path
 
 
+def _dangling(folder: Path, good: Good) -> Path:
+    path = folder / "dangling.safetensors"
+    path.symlink_to(folder / "gone.safetensors")
+    return path
+
+
+def _loop(folder: Path, good: Good) -> Path:
+    path = folder / "loop.safetensors"
+    path.symlink_to(path.name)
+    return path
+
+
 def _folder(folder: Path, good: Good) -> Path:
     path = folder / "dir.safetensors"
     path.mkdir()
@@ -223,6 +235,8 @@ def adapter_cases() -> list[tuple[str, Callable, tuple]]:
         ("torch-pickle-named-safetensors", _bytes("pickle.safetensors", _pickle), A, NOT_READABLE),
         ("folder", _folder, A, "is a folder"),
         ("fifo", _fifo, A, "not a regular file"),
+        ("dangling-link", _dangling, ModelFilesMissingError, "symbolic link to a missing file"),
+        ("link-loop", _loop, ModelFilesMissingError, "link loop"),
         ("missing", lambda folder, good: folder / "nope.safetensors", ModelFilesMissingError, "not found"),
     ]
     metadata = [

@@ -255,6 +255,11 @@ def _fail(path: Path, message: str) -> AdapterFormatError:
 
 
 def _regular_file(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise ModelFilesMissingError(
+            f"adapter file {path} is a symbolic link to a missing file (or a link loop); point it at the adapter's "
+            ".safetensors file"
+        )
     if not path.exists():
         raise ModelFilesMissingError(
             f"adapter file {path} not found. It is the .safetensors file written by training "
