@@ -35,6 +35,11 @@ class WeightsMismatchError(HiFiPortraitError):
     """A weights file has missing or unexpected keys (the message names them)."""
 
 
+class AdapterFormatError(WeightsMismatchError):
+    """A weights file (hifi-portrait adapter, InstantID checkpoint) is malformed: bad header, metadata of the wrong
+    type or out of bounds, unsupported tensor dtype, unknown layer (the message names the file and the field)."""
+
+
 class ConfigError(HiFiPortraitError):
     """A configuration file or option is invalid (unknown key, bad value)."""
 

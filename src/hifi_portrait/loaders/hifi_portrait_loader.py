@@ -8,17 +8,27 @@ when it is called).
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
+from diffusers.models.attention_processor import Attention
 
-from hifi_portrait.errors import WeightsMismatchError
-from hifi_portrait.loaders.adapter_file import AdapterFile, check_state_dict, read_adapter_file, write_adapter_file
+from hifi_portrait.errors import AdapterFormatError, WeightsMismatchError
+from hifi_portrait.loaders.adapter_file import (
+    AdapterFile,
+    load_adapter_tensors,
+    read_adapter_header,
+    write_adapter_file,
+)
 from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetModel
 from hifi_portrait.models.id_attention import (
     get_id_attn_processors,
+    id_attention_layer_names,
     install_id_attention,
     remove_id_attention,
     set_id_scale,
@@ -29,8 +39,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["HiFiPortraitLoaderMixin"]
 
 
-def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in sd.items()}
+def _with_defaults(cls: type, config: dict[str, Any]) -> dict[str, Any]:
+    """A validated config completed with the constructor's defaults (the values ``from_config`` will use)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {name: config.get(name, p.default) for name, p in params.items() if name not in ("self", "kwargs")}
 
 
 class HiFiPortraitLoaderMixin:
@@ -75,6 +87,10 @@ class HiFiPortraitLoaderMixin:
     ) -> list[str]:
         """Build the face refiner, HiFi-Net and ID attention of an adapter file and attach them.
 
+        The load is transactional: the whole file is checked (header schema, sizes, dtypes, shapes, fit with this
+        pipeline's UNet) before anything is built, and the pipeline is changed only at the end, all at once. If
+        anything fails, the pipeline keeps its previous face refiner, HiFi-Net, attention processors and config.
+
         Args:
             path: the ``.safetensors`` adapter file.
             device, dtype: default to the UNet's.
@@ -85,62 +101,161 @@ class HiFiPortraitLoaderMixin:
 
         Raises:
             ModelFilesMissingError: no such file.
-            WeightsMismatchError: missing/unexpected/misshaped keys (named), or layers the UNet does not have.
+            AdapterFormatError: a malformed file (bad header or metadata, wrong types, sizes out of bounds, integer
+                or float64 tensors, layers that are not the UNet's text cross-attentions).
+            WeightsMismatchError: missing/unexpected/misshaped keys (named), or another base architecture.
         """
-        adapter = read_adapter_file(path)
+        adapter = read_adapter_header(path)
+        if id_scale is not None and not math.isfinite(float(id_scale)):
+            raise ValueError(f"id_scale must be a finite number, got {id_scale}")
+        self._check_adapter_fits(adapter)
+        load_adapter_tensors(adapter)
         device = device if device is not None else self.unet.device
         dtype = dtype if dtype is not None else self.unet.dtype
         built = {}
         for part, cls in (("face_refiner", FaceRefiner), ("hifi_net", HiFiNetModel)):
-            if part not in adapter.configs:
-                continue
-            model = cls.from_config(adapter.configs[part])
-            sd = adapter.tensors[part]
-            check_state_dict(_shapes(model.state_dict()), _shapes(sd), part, str(adapter.path))
-            model.load_state_dict(sd, strict=True)
-            model = model.to(device)
-            if model.dtype != dtype:
-                model = model.to(dtype)
-            built[part] = model.eval()
-        if "ip_attn" in adapter.configs:
-            self._load_ip_attn(adapter, device, dtype, id_scale)
-        self._check_adapter_consistency(built, adapter)
-        if built:
-            self.register_modules(**built)
+            if part in adapter.configs:
+                model = cls.from_config(adapter.configs[part])
+                model.load_state_dict(adapter.tensors[part], strict=True)
+                built[part] = model.to(device=device, dtype=dtype).eval()
+        before = self._adapter_state()
+        try:  # commit: nothing below depends on the file's validity any more; undone if anything still fails
+            if "ip_attn" in adapter.configs:
+                self._install_ip_attn(adapter, device, dtype, id_scale)
+            if built:
+                self.register_modules(**built)
+        except BaseException:
+            self._restore_adapter_state(before)
+            raise
         logger.info("loaded hifi-portrait adapter %s: %s", adapter.path, ", ".join(adapter.parts))
         return adapter.parts
 
-    def _load_ip_attn(self, adapter: AdapterFile, device, dtype, id_scale: float | None) -> None:
-        cfg = adapter.configs["ip_attn"]
-        layers: dict[str, list[int]] = cfg["layers"]
-        sd = adapter.tensors["ip_attn"]
+    def _adapter_state(self) -> tuple:
+        """What a load may change: the UNet's processors, the two components, the pipeline config."""
+        return (
+            dict(self.unet.attn_processors),
+            {name: getattr(self, name, None) for name in ("face_refiner", "hifi_net")},
+            self._internal_dict,
+        )
+
+    def _restore_adapter_state(self, state: tuple) -> None:
+        processors, components, config = state
+        self.unet.set_attn_processor(processors)
+        self.register_modules(**components)
+        self._internal_dict = config
+
+    def _check_adapter_fits(self, adapter: AdapterFile) -> None:
+        """Everything about the file that depends on this pipeline, checked before anything is built."""
+        where = adapter.path
+        cross = self.unet.config.cross_attention_dim
+        cross = cross[0] if isinstance(cross, (list, tuple)) else cross
+        fr = (
+            _with_defaults(FaceRefiner, adapter.configs["face_refiner"]) if "face_refiner" in adapter.configs else None
+        )
+        if fr is not None and fr["output_dim"] != cross:
+            raise WeightsMismatchError(
+                f"face_refiner in {where} makes {fr['output_dim']}-d ID tokens, the UNet's "
+                f"cross_attention_dim is {cross}: the adapter belongs to another base architecture."
+            )
+        encoder = getattr(self, "image_encoder", None)
+        if fr is not None and encoder is not None:
+            width = getattr(encoder.config, "hidden_size", None)
+            if width is not None and fr["patch_dim"] != width:
+                raise WeightsMismatchError(
+                    f"face_refiner in {where} reads {fr['patch_dim']}-d patch tokens, the pipeline's image "
+                    f"encoder gives {width}-d ones: use the CLIP vision encoder the adapter was trained with."
+                )
+            size, patch = getattr(encoder.config, "image_size", None), getattr(encoder.config, "patch_size", None)
+            if isinstance(size, int) and isinstance(patch, int) and patch > 0:
+                n_patches = (size // patch) ** 2 + 1  # patches and the class token
+                if n_patches > fr["num_patches"]:
+                    raise WeightsMismatchError(
+                        f"face_refiner in {where} knows {fr['num_patches']} patch tokens per reference, the "
+                        f"pipeline's image encoder gives {n_patches}: use the CLIP vision encoder the adapter was "
+                        "trained with."
+                    )
+        if "hifi_net" in adapter.configs:
+            self._check_hifi_net_fits(adapter.configs["hifi_net"], where)
+        if "ip_attn" in adapter.configs:
+            self._check_ip_layers_fit(adapter.configs["ip_attn"]["layers"], where)
+        # token counts: the refiner and the ID attention in use after the load must agree
+        tokens = {}
+        if fr is not None:
+            tokens["face_refiner"] = fr["num_tokens"]
+        elif getattr(self, "face_refiner", None) is not None:
+            tokens["face_refiner"] = self.face_refiner.config.num_tokens
+        if "ip_attn" in adapter.configs:
+            tokens["ip_attn"] = adapter.configs["ip_attn"]["num_tokens"]
+        elif procs := get_id_attn_processors(self.unet):
+            tokens["ip_attn"] = next(iter(procs.values())).num_tokens
+        if len(set(tokens.values())) > 1:
+            raise WeightsMismatchError(
+                f"face_refiner makes {tokens['face_refiner']} ID tokens but the ID attention of "
+                f"{where} expects {tokens['ip_attn']}."
+                if "ip_attn" in adapter.configs
+                else f"face_refiner of {where} makes {tokens['face_refiner']} ID tokens but the ID attention "
+                f"installed on the UNet expects {tokens['ip_attn']}."
+            )
+
+    def _check_hifi_net_fits(self, cfg: dict, where) -> None:
+        cfg = _with_defaults(HiFiNetModel, cfg)
+        ucfg = self.unet.config
+        cross = ucfg.cross_attention_dim
+        expected = {
+            "in_channels": ucfg.in_channels,
+            "block_out_channels": tuple(ucfg.block_out_channels),
+            "layers_per_block": ucfg.layers_per_block,
+            "cross_attention_dim": cross[0] if isinstance(cross, (list, tuple)) else cross,
+            "flip_sin_to_cos": ucfg.flip_sin_to_cos,
+            "freq_shift": ucfg.freq_shift,
+            "addition_embed_type": ucfg.addition_embed_type,
+            "addition_time_embed_dim": ucfg.addition_time_embed_dim,
+            "projection_class_embeddings_input_dim": ucfg.projection_class_embeddings_input_dim,
+        }
+        if getattr(self, "vae_scale_factor", None) is not None:
+            expected["vae_scale_factor"] = self.vae_scale_factor
+        wrong = [f"{key} {cfg[key]!r} (UNet: {value!r})" for key, value in expected.items() if cfg[key] != value]
+        if wrong:
+            raise WeightsMismatchError(
+                f"hifi_net in {where} was built for another UNet: {'; '.join(wrong)}. The adapter belongs to another "
+                "base architecture (SDXL expected)."
+            )
+
+    def _check_ip_layers_fit(self, layers: dict[str, tuple[int, int]], where) -> None:
+        cross_layers = set(id_attention_layer_names(self.unet))
         modules = dict(self.unet.named_modules())
         absent = [name for name in layers if name not in modules]
         if absent:
             raise WeightsMismatchError(
-                f"{adapter.path} has ID attention for layers this UNet does not have: "
+                f"{where} has ID attention for layers this UNet does not have: "
                 f"{', '.join(f'ip_attn.{n}' for n in absent[:12])}. The adapter was trained for another base "
                 "architecture (SDXL expected)."
             )
-        expected = {}
-        for name, (hidden, cross) in layers.items():
-            expected[f"{name}.to_k_ip.weight"] = torch.Size([hidden, cross])
-            expected[f"{name}.to_v_ip.weight"] = torch.Size([hidden, cross])
-        check_state_dict(expected, _shapes(sd), "ip_attn", str(adapter.path))
-        for name, (hidden, cross) in layers.items():
+        for name, (hidden, dim) in layers.items():
+            if name not in cross_layers:
+                module = modules[name]
+                kind = "a self-attention layer" if isinstance(module, Attention) else f"a {type(module).__name__}"
+                raise AdapterFormatError(
+                    f"{where}: ip_attn layer {name!r} is {kind} of the UNet, not a text cross-attention (attn2) "
+                    "layer; ID attention only goes on those. The file is damaged or was edited."
+                )
             attn = modules[name]
-            if (attn.to_k.out_features, attn.to_k.in_features) != (hidden, cross):
+            if (attn.to_k.out_features, attn.to_k.in_features) != (hidden, dim):
                 raise WeightsMismatchError(
-                    f"ip_attn.{name} in {adapter.path} is {hidden}x{cross}, the UNet layer is "
+                    f"ip_attn.{name} in {where} is {hidden}x{dim}, the UNet layer is "
                     f"{attn.to_k.out_features}x{attn.to_k.in_features}: another base architecture."
                 )
+
+    def _install_ip_attn(self, adapter: AdapterFile, device, dtype, id_scale: float | None) -> None:
+        cfg = adapter.configs["ip_attn"]
+        sd = adapter.tensors["ip_attn"]
         remove_id_attention(self.unet)
-        scale = float(cfg.get("scale", 1.0)) if id_scale is None else float(id_scale)
+        scale = float(cfg["scale"]) if id_scale is None else float(id_scale)
         procs = install_id_attention(
             self.unet,
-            num_tokens=int(cfg["num_tokens"]),
+            num_tokens=cfg["num_tokens"],
             scale=scale,
-            layer_names=list(layers),
+            layer_names=list(cfg["layers"]),
             init_from_text=False,
             device=device,
             dtype=dtype,
@@ -149,23 +264,6 @@ class HiFiPortraitLoaderMixin:
             for name, proc in procs.items():
                 proc.to_k_ip.weight.copy_(sd[f"{name}.to_k_ip.weight"])
                 proc.to_v_ip.weight.copy_(sd[f"{name}.to_v_ip.weight"])
-
-    def _check_adapter_consistency(self, built: dict, adapter: AdapterFile) -> None:
-        refiner = built.get("face_refiner", getattr(self, "face_refiner", None))
-        cross = self.unet.config.cross_attention_dim
-        if refiner is not None and refiner.config.output_dim != cross:
-            raise WeightsMismatchError(
-                f"face_refiner in {adapter.path} makes {refiner.config.output_dim}-d ID tokens, the UNet's "
-                f"cross_attention_dim is {cross}: the adapter belongs to another base architecture."
-            )
-        procs = get_id_attn_processors(self.unet)
-        if refiner is not None and procs:
-            t = next(iter(procs.values())).num_tokens
-            if t != refiner.config.num_tokens:
-                raise WeightsMismatchError(
-                    f"face_refiner makes {refiner.config.num_tokens} ID tokens but the ID attention of "
-                    f"{adapter.path} expects {t}."
-                )
 
     # ------------------------------------------------------------------ save / unload
     def save_hifi_portrait(

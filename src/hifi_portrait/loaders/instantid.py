@@ -40,8 +40,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hifi_portrait.errors import ConfigError, ModelFilesMissingError, WeightsMismatchError
+from hifi_portrait.errors import AdapterFormatError, ConfigError, ModelFilesMissingError, WeightsMismatchError
 from hifi_portrait.loaders.adapter_file import check_state_dict
+from hifi_portrait.loaders.validation import (
+    LIMITS,
+    check_dtype,
+    check_torch_dtype,
+    integer,
+    short,
+    shown_key,
+    strict_json,
+    validate_config,
+)
 from hifi_portrait.models.id_attention import install_id_attention, remove_id_attention
 from hifi_portrait.models.instantid_projection import InstantIDImageProjection
 
@@ -57,8 +67,27 @@ __all__ = [
 ]
 
 INSTANTID_FORMAT = "instantid-ip-adapter"
-_IP_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
-_LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
+_INDEX = r"(0|[1-9][0-9]{0,5})"  # canonical decimal (no leading zeros), at most 6 digits
+_IP_KEY = re.compile(rf"^{_INDEX}\.to_([kv])_ip\.weight$")
+_LAYER_KEY = re.compile(rf"^layers\.{_INDEX}\.")
+#: every key of InstantID's Resampler state dict (``layers.<i>.`` repeated ``depth`` times)
+_PROJ_KEY = re.compile(
+    rf"^(latents|(proj_in|proj_out|norm_out)\.(weight|bias)|layers\.{_INDEX}\."
+    r"(0\.(norm1|norm2)\.(weight|bias)|0\.(to_q|to_kv|to_out)\.weight|1\.0\.(weight|bias)|1\.[13]\.weight))$"
+)
+#: largest ``unet.attn_processors`` index an ``ip_adapter`` key may have (SDXL has 140 processors)
+MAX_PROCESSOR_INDEX = 4 * LIMITS["ip_layers"]
+#: bounds of the projection config (read from a converted file's metadata or derived from a checkpoint's shapes)
+PROJECTION_SCHEMA = {
+    "id_embed_dim": integer(1, LIMITS["width"]),
+    "num_tokens": integer(1, LIMITS["id_tokens"]),
+    "output_dim": integer(1, LIMITS["width"]),
+    "hidden_dim": integer(1, LIMITS["width"]),
+    "num_layers": integer(1, LIMITS["depth"]),
+    "head_dim": integer(1, LIMITS["width"]),
+    "num_heads": integer(1, LIMITS["heads"]),
+    "ff_mult": integer(1, LIMITS["ff_mult"]),
+}
 _WHERE = (
     "InstantID's weights are at https://huggingface.co/InstantX/InstantID (ip-adapter.bin and "
     "ControlNetModel/config.json + ControlNetModel/diffusion_pytorch_model.safetensors)"
@@ -75,33 +104,80 @@ def _safe_torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
+        if "Unsupported operand" in reason or "weights only" not in str(exc).lower():  # not a pickle, or corrupt
+            raise AdapterFormatError(
+                f"{path} is not a readable torch checkpoint ({short(reason, 200)}). {_WHERE}."
+            ) from None
         raise WeightsMismatchError(
             f"{path} holds Python objects other than tensors and plain containers, so it was NOT unpickled "
-            f"(torch.load with weights_only=True refused it: {str(exc).splitlines()[0]}). Only checkpoints made of "
+            f"(torch.load with weights_only=True refused it: {short(reason, 200)}). Only checkpoints made of "
             f"tensors, like InstantID's official ip-adapter.bin, can be converted. {_WHERE}."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WeightsMismatchError(f"{path} is not a readable torch checkpoint ({exc}). {_WHERE}.") from None
+    except MemoryError:
+        raise AdapterFormatError(
+            f"{path} claims more memory than is available; it is not InstantID's checkpoint"
+        ) from None
+    except Exception as exc:  # torch/zipfile/pickle raise many types for damaged files (RuntimeError, EOFError...)
+        raise AdapterFormatError(
+            f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {short(str(exc), 200)}). {_WHERE}."
+        ) from None
 
 
-def projection_config_from_state_dict(sd: dict[str, torch.Tensor], head_dim: int = 64) -> dict[str, int]:
+def _ndim(key: str) -> int:
+    """Rank of a Resampler tensor: latents 3, Linear weights 2, biases and LayerNorm weights 1."""
+    if key == "latents":
+        return 3
+    norm = key.startswith("norm_out.") or ".norm1." in key or ".norm2." in key or key.endswith(".1.0.weight")
+    return 1 if key.endswith(".bias") or norm else 2
+
+
+def check_projection_layout(sd: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Refuse an ``image_proj`` state dict that is not InstantID's Resampler layout, from key names and ranks alone:
+    layer indices out of range or with gaps, tensors of the wrong rank (named). Keys outside the layout are left to
+    :func:`check_state_dict` (named as unexpected, with the missing ones)."""
+    sd = {k: v for k, v in sd.items() if _PROJ_KEY.match(k)}  # other keys: named as unexpected by the shape check
+    indices = {int(m.group(1)) for k in sd if (m := _LAYER_KEY.match(k))}
+    if indices and max(indices) >= LIMITS["depth"]:
+        raise AdapterFormatError(
+            f"{source}: image_proj has layer index {max(indices)}; InstantID's projection has 4 layers and at most "
+            f"{LIMITS['depth']} are accepted. {_WHERE}."
+        )
+    gaps = sorted(set(range(max(indices) + 1)) - indices) if indices else []
+    if gaps:
+        raise AdapterFormatError(f"{source}: image_proj lacks layers {gaps[:12]} (layers must be numbered from 0)")
+    wrong = [f"image_proj.{k} ({v.ndim}-d, expected {_ndim(k)}-d)" for k, v in sd.items() if v.ndim != _ndim(k)]
+    if wrong:
+        raise AdapterFormatError(f"{source}: tensors of the wrong rank: {_listing(wrong)}. {_WHERE}.")
+
+
+def projection_config_from_state_dict(
+    sd: dict[str, torch.Tensor], head_dim: int = 64, source: Path | str = "the checkpoint"
+) -> dict[str, int]:
     """The :class:`InstantIDImageProjection` config implied by a Resampler state dict's shapes.
 
-    ``head_dim`` cannot be read from shapes (only ``heads * head_dim`` can); InstantID uses 64.
+    ``head_dim`` cannot be read from shapes (only ``heads * head_dim`` can); InstantID uses 64. The layout is checked
+    first (:func:`check_projection_layout`) and the sizes are bounded (``PROJECTION_SCHEMA``).
     """
+    check_projection_layout(sd, source)
     needed = ["latents", "proj_in.weight", "proj_out.weight", "layers.0.0.to_q.weight", "layers.0.1.1.weight"]
     absent = [k for k in needed if k not in sd]
     if absent:
-        raise WeightsMismatchError(f"the image_proj part lacks {', '.join('image_proj.' + k for k in absent)}")
+        raise WeightsMismatchError(
+            f"{source}: the image_proj part lacks {', '.join('image_proj.' + k for k in absent)}"
+        )
     latents = sd["latents"]
-    if latents.ndim != 3 or latents.shape[0] != 1:
-        raise WeightsMismatchError(f"image_proj.latents must be (1, T, dim), got {tuple(latents.shape)}")
+    if latents.shape[0] != 1:
+        raise AdapterFormatError(f"{source}: image_proj.latents must be (1, T, dim), got {tuple(latents.shape)}")
     hidden = int(latents.shape[2])
     inner = int(sd["layers.0.0.to_q.weight"].shape[0])
     if inner % head_dim:
-        raise WeightsMismatchError(f"image_proj attention width {inner} is not a multiple of head_dim {head_dim}")
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := _LAYER_KEY.match(k)))
-    return {
+        raise WeightsMismatchError(
+            f"{source}: image_proj attention width {inner} is not a multiple of head_dim {head_dim}. {_WHERE}."
+        )
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := _LAYER_KEY.match(k)) and _PROJ_KEY.match(k))
+    config = {
         "id_embed_dim": int(sd["proj_in.weight"].shape[1]),
         "num_tokens": int(latents.shape[1]),
         "output_dim": int(sd["proj_out.weight"].shape[0]),
@@ -109,16 +185,67 @@ def projection_config_from_state_dict(sd: dict[str, torch.Tensor], head_dim: int
         "num_layers": depth,
         "head_dim": head_dim,
         "num_heads": inner // head_dim,
-        "ff_mult": int(sd["layers.0.1.1.weight"].shape[0]) // hidden,
+        "ff_mult": int(sd["layers.0.1.1.weight"].shape[0]) // max(hidden, 1),
     }
+    return validate_config(config, PROJECTION_SCHEMA, "image_proj", source, required=tuple(PROJECTION_SCHEMA))
+
+
+def projection_shapes(config: dict[str, int], source: Path | str) -> dict[str, torch.Size]:
+    """``{key: shape}`` of the projection a bounded config builds, on the meta device (nothing allocated)."""
+    try:
+        with torch.device("meta"):
+            model = InstantIDImageProjection(**config)
+    except Exception as exc:
+        raise AdapterFormatError(
+            f"{source}: the image projection config cannot build a model: {short(str(exc))}"
+        ) from None
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def check_ip_adapter_layout(ip_sd: dict[str, torch.Tensor], output_dim: int, source: Path | str) -> list[int]:
+    """Refuse ``ip_adapter`` entries that are not ``<i>.to_k_ip.weight`` / ``<i>.to_v_ip.weight`` pairs of 2-D
+    ``(hidden, output_dim)`` matrices with ``i`` below :data:`MAX_PROCESSOR_INDEX`; returns the sorted indices."""
+    bad = [f"ip_adapter.{shown_key(k)}" for k in ip_sd if not _IP_KEY.match(k)]
+    if bad:
+        raise WeightsMismatchError(
+            f"{source}: unexpected ip_adapter keys {_listing(bad)} (expected '<index>.to_k_ip.weight' / "
+            "'<index>.to_v_ip.weight')"
+        )
+    indices = sorted({int(_IP_KEY.match(k).group(1)) for k in ip_sd})
+    if not indices:
+        raise WeightsMismatchError(f"{source}: the ip_adapter part is empty. {_WHERE}.")
+    if indices[-1] >= MAX_PROCESSOR_INDEX:
+        raise AdapterFormatError(
+            f"{source}: ip_adapter index {indices[-1]} is out of range (indices number the UNet's attention "
+            f"processors: 140 for SDXL, at most {MAX_PROCESSOR_INDEX} accepted). {_WHERE}."
+        )
+    unpaired = [
+        f"ip_adapter.{i}.to_{c}_ip.weight" for i in indices for c in "kv" if f"{i}.to_{c}_ip.weight" not in ip_sd
+    ]
+    if unpaired:
+        raise WeightsMismatchError(f"{source}: missing keys {_listing(unpaired)}")
+    wrong = []
+    for i in indices:
+        k, v = ip_sd[f"{i}.to_k_ip.weight"], ip_sd[f"{i}.to_v_ip.weight"]
+        ok = k.ndim == 2 and k.shape == v.shape and k.shape[1] == output_dim and 1 <= k.shape[0] <= LIMITS["width"]
+        if not ok:
+            wrong.append(f"ip_adapter.{i} (to_k_ip {tuple(k.shape)}, to_v_ip {tuple(v.shape)})")
+    if wrong:
+        raise AdapterFormatError(
+            f"{source}: ip_adapter weights must be pairs of equal (hidden, {output_dim}) matrices ({output_dim} = the "
+            f"projection's token width); wrong: {_listing(wrong)}"
+        )
+    return indices
 
 
 def _tensor_dict(obj: Any, name: str, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise WeightsMismatchError(f"{path}: {name!r} must be a dict of tensors, got {type(obj).__name__}")
-    bad = [f"{name}.{k}" for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    bad = [f"{name}.{shown_key(k)}" for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise WeightsMismatchError(f"{path}: entries that are not tensors: {_listing(bad)}")
+    for key, value in obj.items():
+        check_torch_dtype(value, f"{name}.{key}", path)
     return obj
 
 
@@ -157,44 +284,34 @@ def convert_instantid_checkpoint(
             f"{src} holds a {type(raw).__name__}, expected a dict with 'image_proj' and 'ip_adapter'. {_WHERE}."
         )
     absent = [k for k in ("image_proj", "ip_adapter") if k not in raw]
-    extra = [str(k) for k in raw if k not in ("image_proj", "ip_adapter")]
+    extra = [shown_key(k) for k in raw if not (isinstance(k, str) and k in ("image_proj", "ip_adapter"))]
     if absent or extra:
         problems = ([f"missing parts: {', '.join(absent)}"] if absent else []) + (
             [f"unexpected parts: {_listing(extra)}"] if extra else []
         )
         raise WeightsMismatchError(
             f"{src} is not an InstantID ip-adapter checkpoint ({'; '.join(problems)}); "
-            f"found parts {_listing([str(k) for k in raw])}. {_WHERE}."
+            f"found parts {_listing([shown_key(k) for k in raw])}. {_WHERE}."
         )
     proj_sd = _tensor_dict(raw["image_proj"], "image_proj", src)
     ip_sd = _tensor_dict(raw["ip_adapter"], "ip_adapter", src)
 
-    config = projection_config_from_state_dict(proj_sd)
-    model = InstantIDImageProjection(**config)
-    check_state_dict(
-        {k: v.shape for k, v in model.state_dict().items()},
-        {k: v.shape for k, v in proj_sd.items()},
-        "image_proj",
-        str(src),
-    )
-    bad = [f"ip_adapter.{k}" for k in ip_sd if not _IP_KEY.match(k)]
-    if bad:
-        raise WeightsMismatchError(
-            f"{src}: unexpected ip_adapter keys {_listing(bad)} (expected '<index>.to_k_ip.weight' / "
-            "'<index>.to_v_ip.weight')"
-        )
-    indices = sorted({int(_IP_KEY.match(k).group(1)) for k in ip_sd})
-    unpaired = [
-        f"ip_adapter.{i}.to_{c}_ip.weight" for i in indices for c in "kv" if f"{i}.to_{c}_ip.weight" not in ip_sd
-    ]
-    if unpaired:
-        raise WeightsMismatchError(f"{src}: missing keys {_listing(unpaired)}")
+    config = projection_config_from_state_dict(proj_sd, source=src)
+    check_state_dict(projection_shapes(config, src), {k: v.shape for k, v in proj_sd.items()}, "image_proj", str(src))
+    indices = check_ip_adapter_layout(ip_sd, config["output_dim"], src)
 
     tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
     for prefix, sd in (("image_proj", proj_sd), ("ip_adapter", ip_sd)):
         for key, value in sd.items():
             t = value.detach().cpu()
-            tensors[f"{prefix}.{key}"] = (t.to(dtype) if dtype is not None else t).contiguous()
+            t = (t.to(dtype) if dtype is not None else t).contiguous()
+            # tensors sharing a storage (or views into a larger one) are copied: safetensors refuses shared memory
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in storages or t.untyped_storage().nbytes() != t.nbytes:
+                t = t.clone()
+            storages.add(t.untyped_storage().data_ptr())
+            tensors[f"{prefix}.{key}"] = t
     meta = {
         "format": INSTANTID_FORMAT,
         "format_version": "1",
@@ -205,8 +322,11 @@ def convert_instantid_checkpoint(
     }
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(dst)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
     logger.info("converted %s -> %s (%d tensors, %d ID attention layers)", src, dst, len(tensors), len(indices))
     return dst
 
@@ -228,26 +348,40 @@ def read_instantid_file(path: str | Path) -> tuple[dict[str, int], dict[str, tor
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
-            raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+            specs = {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors' own error types for corrupt headers
-        raise WeightsMismatchError(f"{path} is not a readable .safetensors file ({exc})") from exc
+        raise AdapterFormatError(f"{path} is not a readable .safetensors file ({short(str(exc), 160)})") from None
     if meta.get("format") != INSTANTID_FORMAT:
-        raise WeightsMismatchError(
-            f"{path} is not a converted InstantID file (metadata 'format' is {meta.get('format')!r}, expected "
+        raise AdapterFormatError(
+            f"{path} is not a converted InstantID file (metadata 'format' is {short(meta.get('format'))}, expected "
             f"{INSTANTID_FORMAT!r}); make it with `hifi-portrait convert-instantid`."
         )
-    proj, ip, stray = {}, {}, []
-    for key, value in raw.items():
-        part, _, rest = key.partition(".")
-        if part == "image_proj" and rest:
-            proj[rest] = value
-        elif part == "ip_adapter" and rest:
-            ip[rest] = value
-        else:
-            stray.append(key)
+    hint = "Convert InstantID's ip-adapter.bin again with `hifi-portrait convert-instantid`."
+    if "image_proj_config" not in meta:
+        raise AdapterFormatError(f"{path}: the metadata has no 'image_proj_config'. {hint}")
+    config = validate_config(
+        strict_json(meta["image_proj_config"], "image_proj_config", path, hint),
+        PROJECTION_SCHEMA,
+        "image_proj_config",
+        path,
+        required=tuple(PROJECTION_SCHEMA),
+        hint=hint,
+    )
+    stray = [k for k in specs if k.partition(".")[0] not in ("image_proj", "ip_adapter") or not k.partition(".")[2]]
     if stray:
         raise WeightsMismatchError(f"{path} has keys outside image_proj./ip_adapter.: {_listing(stray)}")
-    return json.loads(meta["image_proj_config"]), proj, ip
+    for key, (dtype, _) in specs.items():
+        check_dtype(dtype, key, path)
+    shapes = {k.partition(".")[2]: torch.Size(s) for k, (_, s) in specs.items() if k.startswith("image_proj.")}
+    check_state_dict(projection_shapes(config, path), shapes, "image_proj", str(path))
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        raw = {k: f.get_tensor(k) for k in specs}
+    proj, ip = {}, {}
+    for key, value in raw.items():
+        part, _, rest = key.partition(".")
+        (proj if part == "image_proj" else ip)[rest] = value
+    check_ip_adapter_layout(ip, config["output_dim"], path)
+    return config, proj, ip
 
 
 def instantid_ip_layers(unet: torch.nn.Module) -> dict[int, str]:
@@ -300,18 +434,10 @@ def load_instantid(
     device = device if device is not None else unet.device
     dtype = dtype if dtype is not None else unet.dtype
 
-    model = InstantIDImageProjection(**config)
-    check_state_dict(
-        {k: v.shape for k, v in model.state_dict().items()},
-        {k: v.shape for k, v in proj_sd.items()},
-        "image_proj",
-        str(path),
-    )
-    model.load_state_dict(proj_sd, strict=True)
     cross = unet.config.cross_attention_dim
-    if model.config.output_dim != cross:
+    if config["output_dim"] != cross:
         raise WeightsMismatchError(
-            f"{path} makes {model.config.output_dim}-d ID tokens but the UNet's cross_attention_dim is {cross}: "
+            f"{path} makes {config['output_dim']}-d ID tokens but the UNet's cross_attention_dim is {cross}: "
             "InstantID's weights are for SDXL."
         )
 
@@ -324,6 +450,8 @@ def load_instantid(
         expected[f"{i}.to_k_ip.weight"] = shape
         expected[f"{i}.to_v_ip.weight"] = shape
     check_state_dict(expected, {k: v.shape for k, v in ip_sd.items()}, "ip_adapter", str(path))
+    model = InstantIDImageProjection(**config)  # shapes checked by read_instantid_file
+    model.load_state_dict(proj_sd, strict=True)
 
     remove_id_attention(unet)
     procs = install_id_attention(
