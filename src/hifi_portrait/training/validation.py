@@ -159,7 +159,7 @@ def fixed_noise_loss(model, frozen, dataset, cfg, weight_dtype, device, num_samp
     n = min(num_samples, len(dataset))
     batch = collate_samples([dataset[i] for i in range(n)])
     steps = frozen.noise_scheduler.config.num_train_timesteps
-    no_drop = ConditioningConfig(0.0, 0.0, 0.0, 0.0)
+    no_drop = ConditioningConfig(drop_id_prob=0.0, drop_landmarks_prob=0.0, drop_text_prob=0.0, drop_all_prob=0.0)
     was_training = model.training
     model.eval()
     total = 0.0
