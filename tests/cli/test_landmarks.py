@@ -87,6 +87,29 @@ def test_driver_and_saved_shape(first_run, tmp_path):
     assert (out / "landmarks_instantid.png").is_file()
 
 
+def test_any_blendshape_target_from_text_and_json_reads_back(first_run, tmp_path):
+    """``--expression NAME=SCORE,...`` and ``--blendshapes FILE.json``: mediapipe's blendshape model reads the
+    written landmarks as asked."""
+    from hifi_portrait.face.blendshapes import BlendshapeReader
+
+    _, first = first_run
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"eyeBlinkLeft": 0.9, "eyeBlinkRight": 0.9, "jawOpen": 0.1}))
+    out = tmp_path / "any"
+    args = ["landmarks", str(first / "identity_shape.npz"), "--blendshapes", str(scores)]
+    args += ["--expression", "jawOpen=0.4,mouthSmileLeft=0.6,mouthSmileRight=0.6", "--out", str(out)]
+    args += ["--expression-model", "fitted"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "landmarks.json").read_text())
+    assert info["expression_model"] == "fitted"
+    asked = {"eyeBlinkLeft": 0.9, "eyeBlinkRight": 0.9, "jawOpen": 0.4, "mouthSmileLeft": 0.6, "mouthSmileRight": 0.6}
+    assert info["blendshapes"] == pytest.approx(asked)  # the text is set on top of the file
+    read = BlendshapeReader().read_dict(np.array(info["landmarks"]))
+    for name, value in asked.items():
+        assert abs(read[name] - value) < 0.15, (name, value, read[name])
+
+
 def test_driver_without_a_face_fails_with_exit_1(first_run, tmp_path):
     _, first = first_run
     blank = tmp_path / "wall.png"
@@ -116,6 +139,11 @@ def test_no_usable_reference_fails_with_exit_1(tmp_path):
         (["--style", "canny"], "--style"),
         (["--size", "big"], "WIDTHxHEIGHT"),
         (["--box", "1,2,3"], "--box"),
+        (["--expression", "jawOpen=wide"], "NAME=SCORE"),
+        (["--expression", "smile:0.5,mouthSmile=0.2"], "unknown blendshape"),
+        (["--blendshapes", str(DATA / "hair_regions.json")], "expected a JSON object of blendshape scores"),
+        (["--blendshapes", str(DATA / "obama.jpg")], "not a readable JSON file"),
+        (["--expression-model", "learned"], "--expression-model"),
     ],
 )
 def test_bad_options_exit_2_before_any_analysis(tmp_path, option, message):
