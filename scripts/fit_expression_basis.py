@@ -27,7 +27,9 @@ a random batch per step:
 Scores the reader never gives on real photos (:data:`~hifi_portrait.landmarks.expression_check.UNREADABLE`:
 cheekPuff, cheekSquint, noseSneer) are left out of the read-back losses: their fields stay the hand-designed ones.
 
-Usage: ``python scripts/fit_expression_basis.py [--steps 800] [--out PATH]`` (about 7 minutes on one CPU core).
+Usage: ``python scripts/fit_expression_basis.py [--out PATH]``: the defaults are the settings of the shipped file
+(recorded in it, ``settings``); about 6 minutes on one CPU core. A weaker smoothness prior (``--w-smooth 0.3``)
+reads back a little better with implausibly jagged meshes (docs/landmarks.md).
 """
 
 from __future__ import annotations
@@ -292,14 +294,14 @@ def fit(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--w-mesh", type=float, default=1.0)
-    parser.add_argument("--w-smooth", type=float, default=1.0)
-    parser.add_argument("--w-size", type=float, default=1e-3)
+    parser.add_argument("--w-mesh", type=float, default=0.3)
+    parser.add_argument("--w-smooth", type=float, default=20.0)
+    parser.add_argument("--w-size", type=float, default=0.01)
     parser.add_argument("--out", default=str(FITTED_BASIS_PATH))
     args = parser.parse_args()
     if not math.isfinite(args.lr) or args.steps < 0:

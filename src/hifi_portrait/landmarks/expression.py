@@ -1,6 +1,7 @@
-"""Expressions: mediapipe's blendshape names, named presets, and a linear expression basis on any face shape.
+"""Expressions: mediapipe's blendshape names, named presets, and expression models on any face shape.
 
-The basis is *hand-designed*: for each of mediapipe's 51 ARKit blendshapes (its 52 categories minus
+Two models (:func:`expression_fields`): ``"hand"`` (default) and ``"fitted"``. The hand-designed basis
+(:func:`expression_basis`): for each of mediapipe's 51 ARKit blendshapes (its 52 categories minus
 ``_neutral``), a displacement field of the 478 landmarks built from anatomical regions of the face mesh (jaw
 rotation about a hinge behind the cheeks, mouth corners pulled out/up/down, eyelids closing onto the opposite
 lid, brows raised or lowered, iris shifts). The fields are computed on the shape they will deform (eyelid
@@ -11,8 +12,13 @@ to ``S + sum_k s_k B_k(S)``.
 "Left"/"Right" in blendshape names are the *subject's* sides (ARKit's convention): ``eyeBlinkLeft`` closes the
 eye on the image's right in a frontal photo (model-space ``x > 0``).
 
-Limits (see docs/landmarks.md): the fields are linear (large combined activations add up instead of saturating),
-their amplitudes are set by hand rather than learned.
+The fitted model adds to each hand field a learned correction and moves it along a learned monotonic amplitude
+curve, fitted so that mediapipe's own blendshape model reads back what is asked
+(``scripts/fit_expression_basis.py``, file :data:`FITTED_BASIS_PATH`); then lips and eyelids that would cross
+meet instead (:func:`resolve_contacts`).
+
+Limits (see docs/landmarks.md): the hand fields are linear with hand-set amplitudes; the fitted model reads back
+closer to the request but not yet within issue 14's 0.10.
 """
 
 from __future__ import annotations
