@@ -214,3 +214,30 @@ def test_generation_within_5_ms_per_target(obama):
         generate_landmarks(obama, target, size=(1024, 1024))
         times.append(time.process_time() - t0)
     assert statistics.median(times) < 0.005
+
+
+def _roughness(points: np.ndarray) -> float:
+    """Mean distance (cm) of each mesh point to the mean of its neighbours in mediapipe's tesselation."""
+    edges = M.mediapipe_connections()["tesselation"]
+    adj = np.zeros((M.NUM_MESH, M.NUM_MESH))
+    adj[edges[:, 0], edges[:, 1]] = adj[edges[:, 1], edges[:, 0]] = 1.0
+    p = points[: M.NUM_MESH]
+    return float(np.linalg.norm(p - (adj @ p) / adj.sum(1, keepdims=True), axis=1).mean())
+
+
+def test_fitted_meshes_are_as_smooth_as_real_faces(obama, obama_hand, mp_faces):
+    """A plausibility check that does not use the reader: the fit must not buy read-back with jagged contours."""
+    from hifi_portrait.landmarks.shape import align_to_canonical, to_model_space
+
+    def presets_roughness(shape) -> float:
+        return np.mean(
+            [
+                _roughness(apply_expression(shape.points, shape.basis, scores_to_vector(preset_scores(p))))
+                for p in PRESETS
+            ]
+        )
+
+    photos = np.mean([_roughness(align_to_canonical(to_model_space(mp_faces[n].landmarks))[0]) for n in OBAMA])
+    fitted, hand = presets_roughness(obama), presets_roughness(obama_hand)
+    print(f"mesh roughness (cm): fitted {fitted:.4f}, hand {hand:.4f}, Obama's photos {photos:.4f}")
+    assert fitted <= hand + 0.005 and fitted <= photos + 0.01
