@@ -87,6 +87,36 @@ def test_driver_and_saved_shape(first_run, tmp_path):
     assert (out / "landmarks_instantid.png").is_file()
 
 
+def test_any_blendshape_target_from_text_and_json_reads_back(first_run, tmp_path):
+    """``--expression NAME=SCORE,...`` and ``--blendshapes FILE.json``: the written landmarks are the library's for
+    that target, and mediapipe's blendshape model reads every asked score clearly above the neutral face's."""
+    from hifi_portrait.face.blendshapes import BlendshapeReader
+    from hifi_portrait.landmarks import IdentityShape, generate_landmarks, make_target
+
+    _, first = first_run
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"eyeBlinkLeft": 0.9, "eyeBlinkRight": 0.9, "jawOpen": 0.4}))
+    out = tmp_path / "any"
+    args = ["landmarks", str(first / "identity_shape.npz"), "--blendshapes", str(scores)]
+    args += ["--expression", "jawOpen=0.1,mouthSmileLeft=0.6,mouthSmileRight=0.6", "--out", str(out)]
+    args += ["--expression-model", "fitted"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "landmarks.json").read_text())
+    assert info["expression_model"] == "fitted"
+    asked = {"eyeBlinkLeft": 0.9, "eyeBlinkRight": 0.9, "jawOpen": 0.4, "mouthSmileLeft": 0.6, "mouthSmileRight": 0.6}
+    assert info["blendshapes"] == pytest.approx(asked)  # the file's scores are set on top of --expression
+    shape = IdentityShape.load(first / "identity_shape.npz")
+    shape = IdentityShape(shape.points, shape.weights, shape.residuals, shape.sources, "fitted")
+    same = generate_landmarks(shape, make_target(blendshapes=asked))
+    np.testing.assert_allclose(np.array(info["landmarks"]), same.landmarks, atol=2e-3)
+    reader = BlendshapeReader()
+    read = reader.read_dict(np.array(info["landmarks"]))
+    neutral = reader.read_dict(generate_landmarks(shape, make_target()).landmarks)
+    for name in asked:
+        assert read[name] > neutral[name] + 0.15, (name, asked[name], read[name], neutral[name])
+
+
 def test_driver_without_a_face_fails_with_exit_1(first_run, tmp_path):
     _, first = first_run
     blank = tmp_path / "wall.png"
@@ -116,6 +146,11 @@ def test_no_usable_reference_fails_with_exit_1(tmp_path):
         (["--style", "canny"], "--style"),
         (["--size", "big"], "WIDTHxHEIGHT"),
         (["--box", "1,2,3"], "--box"),
+        (["--expression", "jawOpen=wide"], "NAME=SCORE"),
+        (["--expression", "smile:0.5,mouthSmile=0.2"], "unknown blendshape"),
+        (["--blendshapes", str(DATA / "hair_regions.json")], "expected a JSON object of blendshape scores"),
+        (["--blendshapes", str(DATA / "obama.jpg")], "not a readable JSON file"),
+        (["--expression-model", "learned"], "--expression-model"),
     ],
 )
 def test_bad_options_exit_2_before_any_analysis(tmp_path, option, message):

@@ -8,6 +8,7 @@ from demo_photos import OBAMAS
 from typer.testing import CliRunner
 
 from hifi_portrait.demo import WeightsConfig, build_demo, weights_help_markdown
+from hifi_portrait.demo.callbacks import BLENDSHAPE_SLIDERS
 from hifi_portrait.errors import ModelFilesMissingError
 from hifi_portrait.pipelines.model_files import SDXL_PARTS
 
@@ -73,7 +74,22 @@ def test_page_without_weights_says_which_files(analyzer, landmark_backend):
     assert {"analyze", "preview", "generate"} <= apis
     with pytest.raises(Exception, match="weights are not configured"):
         _api_fn(demo, "generate")(
-            None, "hifi", "sliders", None, "p", "", 0, 2, 1.0, 1.0, 0, 0, 0, "neutral", 1.0, *[0.0] * 6
+            None,
+            "hifi",
+            "sliders",
+            None,
+            "p",
+            "",
+            0,
+            2,
+            1.0,
+            1.0,
+            0,
+            0,
+            0,
+            "neutral",
+            1.0,
+            *[0.0] * len(BLENDSHAPE_SLIDERS),
         )
 
 
@@ -103,7 +119,7 @@ def test_page_generates_with_a_configured_generator(analyzer, landmark_backend, 
         0,
         "smile",
         0.5,
-        *[0.0] * 6,
+        *[0.0] * len(BLENDSHAPE_SLIDERS),
     )
     assert out.shape == (64, 64, 3)
     references, landmark_map, kwargs = calls[0]

@@ -146,6 +146,10 @@ def test_blendshape_sliders_map_to_mediapipe_names():
     assert {n for names in cb.BLENDSHAPE_SLIDERS.values() for n in names} <= set(BLENDSHAPE_NAMES)
     with pytest.raises(KeyError, match="unknown blendshape slider"):
         cb.blendshapes_from_sliders({"wink": 1.0})
+    # the main groups (smile, jaw, eyes, brows) each have a slider, and every slider its own page element
+    assert {"smile", "jaw open", "mouth frown", "eyes closed", "eyes wide", "brows up"} <= set(cb.BLENDSHAPE_SLIDERS)
+    assert len({cb.slider_id(label) for label in cb.BLENDSHAPE_SLIDERS}) == len(cb.BLENDSHAPE_SLIDERS)
+    assert cb.slider_id("brows down (frown)") == "bs-brows-down-frown"
 
 
 def test_group_photo_uses_the_largest_face(analyzer, landmark_backend):

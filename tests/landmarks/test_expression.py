@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hifi_portrait.errors import LandmarkError
 from hifi_portrait.landmarks import mesh as M
 from hifi_portrait.landmarks.expression import (
     BLENDSHAPE_NAMES,
@@ -134,3 +135,21 @@ def test_identity_neutral_shape_keeps_reference_mouth_neutral(mp_faces, shape):
     smiling = align_to_canonical(to_model_space(mp_faces["obama.jpg"].landmarks))[0]
     width = lambda p: np.linalg.norm(p[M.MOUTH_CORNER_L] - p[M.MOUTH_CORNER_R])  # noqa: E731
     assert width(shape.points) < width(smiling) - 0.3
+
+
+def test_parse_expression_takes_any_blendshapes_and_presets():
+    assert parse_expression("jawOpen=0.4,mouthSmileLeft=0.7") == {"jawOpen": 0.4, "mouthSmileLeft": 0.7}
+    mixed = parse_expression("smile:0.5, jawOpen=0.3, mouthSmileLeft=0.9")
+    assert mixed["jawOpen"] == 0.3 and mixed["mouthSmileLeft"] == 0.9
+    assert mixed["mouthSmileRight"] == pytest.approx(0.4)  # from the preset
+    target = make_target(expression="eyeBlinkLeft=1")
+    assert target.blendshapes == {"eyeBlinkLeft": 1.0}
+    for bad, message in (
+        ("jawOpen=wide", "NAME=SCORE"),
+        ("jawopen=0.2", "did you mean 'jawOpen'"),
+        ("jawOpen=1.5", r"\[0, 1\]"),
+        ("grin", "unknown expression preset"),
+        (" , ", "empty expression"),
+    ):
+        with pytest.raises(LandmarkError, match=message):
+            parse_expression(bad)

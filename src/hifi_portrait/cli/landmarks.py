@@ -66,6 +66,25 @@ def parse_blendshapes(items: list[str]) -> dict[str, float]:
     return out
 
 
+def load_blendshapes_file(path: Path) -> dict[str, float]:
+    """Blendshape scores from a JSON file: ``{"jawOpen": 0.4, ...}``, or an object with such a ``"blendshapes"``
+    entry (e.g. a ``landmarks.json`` this command wrote), or mediapipe's list of ``{"category_name", "score"}``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--blendshapes {path}: not a readable JSON file ({exc}).") from None
+    if isinstance(data, dict) and isinstance(data.get("blendshapes"), dict | list):
+        data = data["blendshapes"]
+    if isinstance(data, list) and all(isinstance(d, dict) and {"category_name", "score"} <= d.keys() for d in data):
+        data = {d["category_name"]: d["score"] for d in data}
+    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
+        raise ConfigError(
+            f"--blendshapes {path}: expected a JSON object of blendshape scores, e.g. "
+            '{"jawOpen": 0.4, "mouthSmileLeft": 0.7}.'
+        )
+    return {str(k): float(v) for k, v in data.items() if k != "_neutral"}
+
+
 def labelled_grid(tiles: list[np.ndarray], labels: list[str], max_tile: int = 256, cols: int = 7) -> np.ndarray:
     """Same-size RGB tiles, each shrunk to at most ``max_tile`` px and captioned, laid out ``cols`` per row."""
     import cv2
@@ -96,8 +115,11 @@ def landmarks(
         None,
         "--expression",
         "-e",
-        help="Preset NAME[:INTENSITY]: neutral, smile, laugh, surprise, angry, sad, "
-        "eyes_closed, mouth_open; intensity in [0, 1].",
+        help="Preset NAME[:INTENSITY] (neutral, smile, laugh, surprise, angry, sad, eyes_closed, mouth_open; "
+        "intensity in [0, 1]) and/or blendshapes NAME=SCORE, comma-separated: e.g. 'jawOpen=0.4,mouthSmileLeft=0.7'.",
+    ),
+    blendshapes_file: Path | None = typer.Option(
+        None, "--blendshapes", help="JSON file of blendshape scores ({NAME: SCORE}); set on top of --expression."
     ),
     blendshape: list[str] = typer.Option(
         [], "--blendshape", "-b", help="NAME=VALUE, one of the 52 mediapipe blendshapes (repeatable)."
@@ -111,6 +133,11 @@ def landmarks(
     fov: float = typer.Option(30.0, help="Vertical field of view of the pinhole camera, degrees."),
     sweep: str | None = typer.Option(None, help="Also write a grid of maps sweeping yaw, pitch or roll."),
     sweep_steps: int = typer.Option(7, help="Number of angles in the sweep."),
+    expression_model: str | None = typer.Option(
+        None,
+        help="Expression model: hand (hand-designed; default for photos) or fitted (data-driven, reads back closer "
+        "to what is asked); an identity_shape.npz keeps the model it was neutralized with unless this is given.",
+    ),
 ) -> None:
     """Generate a landmark map with the references' 3D face shape and the requested pose and expression."""
     with user_errors():
@@ -122,6 +149,7 @@ def landmarks(
             roll,
             expression,
             blendshape,
+            blendshapes_file,
             driver,
             size,
             style,
@@ -131,6 +159,7 @@ def landmarks(
             fov,
             sweep,
             sweep_steps,
+            expression_model,
         )
 
 
@@ -142,6 +171,7 @@ def _run(
     roll,
     expression,
     blendshape,
+    blendshapes_file,
     driver,
     size,
     style,
@@ -151,6 +181,7 @@ def _run(
     fov,
     sweep,
     sweep_steps,
+    expression_model=None,
 ) -> None:
     from hifi_portrait.landmarks import (
         STYLES,
@@ -171,7 +202,13 @@ def _run(
         raise ConfigError(f"--sweep must be one of {', '.join(SWEEP_RANGES)}, not {sweep!r}")
     if not 2 <= sweep_steps <= 49:
         raise ConfigError("--sweep-steps must be between 2 and 49")
-    scores = parse_blendshapes(blendshape)
+    from hifi_portrait.landmarks.expression import DEFAULT_EXPRESSION_MODEL, EXPRESSION_MODELS
+
+    if expression_model is not None and expression_model not in EXPRESSION_MODELS:
+        raise ConfigError(
+            f"--expression-model must be one of {', '.join(EXPRESSION_MODELS)}, not {expression_model!r}"
+        )
+    scores = {**(load_blendshapes_file(blendshapes_file) if blendshapes_file else {}), **parse_blendshapes(blendshape)}
     try:
         placement = Placement(
             center=parse_floats(center, 2, "--center"),  # type: ignore[arg-type]
@@ -189,6 +226,8 @@ def _run(
     analyses, preview_image = [], None
     if len(refs) == 1 and refs[0].suffix.lower() == ".npz":
         shape = IdentityShape.load(refs[0])
+        if expression_model is not None and shape.expression_model != expression_model:
+            shape = IdentityShape(shape.points, shape.weights, shape.residuals, shape.sources, expression_model)
         typer.echo(f"identity shape loaded from {refs[0]}")
     else:
         from hifi_portrait.face import FaceAnalyzer, load_image
@@ -205,7 +244,7 @@ def _run(
             raise NoUsableReferencesError(
                 f"none of the {len(refs)} reference photo(s) has a usable face; use clear photos of one person."
             )
-        shape = fit_identity_shape(analyses)
+        shape = fit_identity_shape(analyses, expression_model=expression_model or DEFAULT_EXPRESSION_MODEL)
         shape.save(out / "identity_shape.npz")
         preview_image = load_image(Path(analyses[0].source))
 
@@ -242,6 +281,7 @@ def _run(
         "fov_deg": fov,
         "pose": {"yaw": target.yaw, "pitch": target.pitch, "roll": target.roll},
         "blendshapes": {k: v for k, v in target.blendshapes.items() if v > 0},
+        "expression_model": shape.expression_model,
         "driver": str(driver) if driver else None,
         "keypoints": gen.keypoints.round(3).tolist(),
         "landmarks": gen.landmarks.round(3).tolist(),

@@ -218,7 +218,7 @@ def build_demo(
                     intensity = gr.Slider(0, 1, value=1, step=0.05, label="intensity", elem_id="intensity")
                 with gr.Accordion("Blendshapes (added to the preset)", open=False):
                     bs_sliders = [
-                        gr.Slider(0, 1, value=0, step=0.05, label=label, elem_id="bs-" + label.split()[0])
+                        gr.Slider(0, 1, value=0, step=0.05, label=label, elem_id=cb.slider_id(label))
                         for label in slider_labels
                     ]
                 with gr.Accordion("Driver photo (copy its pose and expression, not its face)", open=False):

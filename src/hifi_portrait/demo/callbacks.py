@@ -21,15 +21,24 @@ from hifi_portrait.face.types import FaceAnalysis
 
 logger = logging.getLogger(__name__)
 
-#: The few blendshape sliders the page shows: label -> the mediapipe blendshape names the slider sets.
+#: The blendshape sliders the page shows (the main groups: smile, jaw, eyes, brows): label -> the mediapipe
+#: blendshape names the slider sets. The fitted expression basis reads each back (tests/demo).
 BLENDSHAPE_SLIDERS: dict[str, tuple[str, ...]] = {
     "jaw open": ("jawOpen",),
     "smile": ("mouthSmileLeft", "mouthSmileRight"),
+    "mouth frown": ("mouthFrownLeft", "mouthFrownRight"),
     "eyes closed": ("eyeBlinkLeft", "eyeBlinkRight"),
+    "eyes wide": ("eyeWideLeft", "eyeWideRight"),
     "brows up": ("browInnerUp", "browOuterUpLeft", "browOuterUpRight"),
     "brows down (frown)": ("browDownLeft", "browDownRight"),
     "pucker": ("mouthPucker",),
 }
+
+
+def slider_id(label: str) -> str:
+    """The page element id of a blendshape slider (``"brows down (frown)"`` -> ``"bs-brows-down-frown"``)."""
+    return "bs-" + "-".join("".join(c if c.isalnum() else " " for c in label).split())
+
 
 #: Where the target pose and expression come from.
 SOURCE_SLIDERS = "sliders"

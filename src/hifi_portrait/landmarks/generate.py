@@ -50,9 +50,11 @@ def make_target(
 ) -> TargetAttributes:
     """Combine the ways of asking for a target; later sources override earlier ones.
 
-    Order: the driver's pose and expression (its face *shape* is never used), then the preset ``expression``
-    (``"NAME"`` or ``"NAME:INTENSITY"``, replacing the driver's expression), then individual ``blendshapes``
-    (set on top), then explicit angles (``None`` keeps the driver's angle, or 0).
+    Order: the driver's pose and expression (its face *shape* is never used), then ``expression`` (a preset
+    ``"NAME"`` / ``"NAME:INTENSITY"`` and/or blendshapes ``"jawOpen=0.4,mouthSmileLeft=0.7"``, see
+    :func:`~hifi_portrait.landmarks.expression.parse_expression`; it replaces the driver's expression), then
+    individual ``blendshapes`` (any of the 51 scores, set on top), then explicit angles (``None`` keeps the driver's
+    angle, or 0).
     """
     angles = [0.0, 0.0, 0.0]
     scores: dict[str, float] = {}

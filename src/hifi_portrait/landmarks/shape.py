@@ -5,9 +5,9 @@ Method (details and limits in docs/landmarks.md):
 1. each reference's 478 landmarks (pixels, mediapipe convention) are turned into model space (``y`` up, ``z``
    towards the camera) and aligned to the canonical mesh by a weighted similarity (Umeyama) over mediapipe's
    expression-stable "procrustes" points (jaw excluded): this removes position, scale and head rotation;
-2. the reference's expression is removed by subtracting the hand-designed expression fields
-   (:func:`~hifi_portrait.landmarks.expression.expression_basis`) weighted by its detected blendshape scores;
-   the fields are computed on the current estimate of the neutral shape (two passes);
+2. the reference's expression is removed by subtracting the expression fields
+   (:func:`~hifi_portrait.landmarks.expression.expression_fields`, hand-designed or fitted) for its detected
+   blendshape scores; the fields are computed on the current estimate of the neutral shape (two passes);
 3. the neutralized references are combined point by point with a weighted Huber mean (robust IRLS), weights
    = quality x cos^2(yaw) (a turned face has its far side hallucinated by the landmarker). It down-weights a
    minority of references that are wrong on some part of the face (occlusion, bad detection).
@@ -26,7 +26,13 @@ import numpy as np
 
 from hifi_portrait.errors import LandmarkError
 from hifi_portrait.landmarks import mesh as M
-from hifi_portrait.landmarks.expression import apply_expression, expression_basis, scores_to_vector
+from hifi_portrait.landmarks.expression import (
+    DEFAULT_EXPRESSION_MODEL,
+    EXPRESSION_MODELS,
+    apply_expression,
+    expression_fields,
+    scores_to_vector,
+)
 from hifi_portrait.landmarks.geometry import pose_from_rotation, umeyama
 
 if TYPE_CHECKING:
@@ -47,25 +53,29 @@ class IdentityShape:
         weights: ``(N,)`` normalized weight of each reference in the fit.
         residuals: ``(N,)`` mean distance (cm) of each neutralized reference to ``points``.
         sources: names of the references.
+        expression_model: the expression model of :attr:`basis` (and of the neutralization): ``"hand"``
+            (default) or ``"fitted"`` (:data:`~hifi_portrait.landmarks.expression.EXPRESSION_MODELS`).
     """
 
     points: np.ndarray
     weights: np.ndarray = field(default_factory=lambda: np.ones(1))
     residuals: np.ndarray = field(default_factory=lambda: np.zeros(1))
     sources: list[str] = field(default_factory=list)
+    expression_model: str = DEFAULT_EXPRESSION_MODEL
     _basis: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def basis(self) -> np.ndarray:
-        """``(51, 478, 3)`` expression fields on this shape (computed once)."""
+        """``(2, 51, 478, 3)`` expression fields on this shape (computed once; see
+        :func:`~hifi_portrait.landmarks.expression.expression_fields`)."""
         if self._basis is None:
-            self._basis = expression_basis(self.points)
+            self._basis = expression_fields(self.points, self.expression_model)
         return self._basis
 
     @classmethod
-    def canonical(cls) -> IdentityShape:
+    def canonical(cls, expression_model: str = DEFAULT_EXPRESSION_MODEL) -> IdentityShape:
         """mediapipe's canonical (average) face, as a shape with no identity."""
-        return cls(points=M.canonical_landmarks().copy(), sources=["canonical"])
+        return cls(points=M.canonical_landmarks().copy(), sources=["canonical"], expression_model=expression_model)
 
     def save(self, path: str | Path) -> Path:
         """Write a ``.npz`` file (no pickle) that :meth:`load` reads back."""
@@ -77,6 +87,7 @@ class IdentityShape:
             weights=self.weights,
             residuals=self.residuals,
             sources=np.array(self.sources, dtype=str),
+            expression_model=np.array(self.expression_model),
         )
         return path
 
@@ -88,6 +99,8 @@ class IdentityShape:
                 weights=data["weights"],
                 residuals=data["residuals"],
                 sources=[str(s) for s in data["sources"]],
+                # files written before the fitted model existed were neutralized with the hand-designed one
+                expression_model=str(data["expression_model"]) if "expression_model" in data else "hand",
             )
 
 
@@ -135,6 +148,7 @@ def fit_identity_shape(
     blendshapes: Sequence[dict[str, float]] | None = None,
     weights: Sequence[float] | None = None,
     neutralize: bool = True,
+    expression_model: str = DEFAULT_EXPRESSION_MODEL,
 ) -> IdentityShape:
     """Fit the neutral identity shape of one person from N reference faces.
 
@@ -144,10 +158,14 @@ def fit_identity_shape(
         blendshapes: per-reference blendshape scores, overriding those of the analyses.
         weights: per-reference weights (default: quality x cos^2(yaw); 1 for plain arrays).
         neutralize: remove each reference's expression (else only pose is removed).
+        expression_model: ``"hand"`` (default) or ``"fitted"``: the expression fields used to neutralize the
+            references and kept for generation.
 
     Raises:
         LandmarkError: empty reference set, wrong array shapes, or all weights zero.
     """
+    if expression_model not in EXPRESSION_MODELS:
+        raise LandmarkError(f"unknown expression model {expression_model!r}; choose one of {EXPRESSION_MODELS}.")
     if len(references) == 0:
         raise LandmarkError("no reference faces were given: pass at least one analyzed photo of the person.")
     aligned, scores, auto_w, sources = [], [], [], []
@@ -177,16 +195,23 @@ def fit_identity_shape(
     neutral = stack
     if neutralize:
         for _ in range(2):  # fields computed on the current neutral estimate
-            basis = expression_basis(estimate)
+            basis = expression_fields(estimate, expression_model)
             neutral = np.stack([apply_expression(p, basis, -s) for p, s in zip(stack, score_mat, strict=True)])
             estimate = _robust_mean(neutral, w)
     # re-centre on the canonical mesh so that the shape's pose is exactly frontal by the same definition
     estimate, _, _, _ = align_to_canonical(estimate)
     residuals = np.array([np.linalg.norm(align_to_canonical(p)[0] - estimate, axis=1).mean() for p in neutral])
     logger.info("identity shape from %d reference(s); residuals (cm): %s", len(stack), np.round(residuals, 3))
-    return IdentityShape(points=estimate, weights=w, residuals=residuals, sources=sources)
+    return IdentityShape(
+        points=estimate, weights=w, residuals=residuals, sources=sources, expression_model=expression_model
+    )
 
 
-def neutral_shape_of(face: FaceAnalysis | np.ndarray, blendshapes: dict[str, float] | None = None) -> np.ndarray:
+def neutral_shape_of(
+    face: FaceAnalysis | np.ndarray,
+    blendshapes: dict[str, float] | None = None,
+    expression_model: str = DEFAULT_EXPRESSION_MODEL,
+) -> np.ndarray:
     """``(478, 3)`` pose- and expression-normalized shape of a single face (e.g. a driver), model space."""
-    return fit_identity_shape([face], blendshapes=None if blendshapes is None else [blendshapes]).points
+    bs = None if blendshapes is None else [blendshapes]
+    return fit_identity_shape([face], blendshapes=bs, expression_model=expression_model).points
