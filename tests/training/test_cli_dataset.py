@@ -117,4 +117,3 @@ def test_accelerate_entry_point_stops_and_resumes(tiny_sdxl, built_dataset, tmp_
     assert main(["--config", str(tmp_path / "train.yaml"), "--resume", "latest"]) == 0
     assert (tmp_path / "run" / "hifi_portrait_adapter.safetensors").is_file()
     assert main(["--config", str(tmp_path / "train.yaml"), "--set", "optim.lr=1"]) == 2
-
