@@ -330,3 +330,4 @@ def test_generate_with_a_bad_adapter_exits_1_with_a_message(weights, good, tmp_p
     text = " ".join(result.output.split())
     assert "error:" in text and adapter.name in text and "Traceback" not in text
     assert not list((tmp_path / "out").glob("portrait_*.png"))
+    assert "[2/4] analysing" not in result.output  # the header is checked before the photos are analysed

@@ -428,6 +428,9 @@ def _check_files(opt: dict[str, Any], controlnets: Sequence[tuple[str, Path, flo
     """Raise ModelFilesMissingError naming every missing file; returns the mode ("instantid" or "hifi-portrait")."""
     if opt["instantid"] is None:
         require_model_files(opt["base"], opt["adapter"], opt["image_encoder"])
+        from hifi_portrait.loaders.adapter_file import read_adapter_header
+
+        read_adapter_header(opt["adapter"])  # a bad adapter fails here, before the photos are analysed
         return "hifi-portrait"
     opt["instantid"], opt["identitynet"] = resolve_instantid(opt["instantid"], opt["identitynet"])
     problems = instantid_file_problems(opt["base"], opt["instantid"], opt["identitynet"], opt["insightface_dir"])
