@@ -363,7 +363,7 @@ def test_uint8_array_and_pil_landmark_maps_are_the_same_condition(faces, landmar
     np.testing.assert_array_equal(cn_array, cn_pil)
 
 
-def test_call_without_id_scale_keeps_the_scale_set_on_the_pipeline(faces, landmark_map):
+def test_id_scale_of_a_call_applies_to_that_call_only(faces, landmark_map):
     pipe = make_pipe()
     pipe.set_id_scale(0.0)
     kept = run(pipe, faces=faces, landmark_image=landmark_map, control_scale=0.0)  # id_scale left out: stays 0
@@ -373,5 +373,26 @@ def test_call_without_id_scale_keeps_the_scale_set_on_the_pipeline(faces, landma
     assert not np.array_equal(
         kept, run(pipe, faces=faces, landmark_image=landmark_map, id_scale=1.0, control_scale=0.0)
     )
-    # an explicit scale is kept on the processors for later calls, as with pipe.set_id_scale
-    assert all(p.scale == 1.0 for p in get_id_attn_processors(pipe.unet).values())
+    # an explicit scale applies to its call only: the next call without id_scale is the scale-0 image again
+    assert all(p.scale == 0.0 for p in get_id_attn_processors(pipe.unet).values())
+    np.testing.assert_array_equal(kept, run(pipe, faces=faces, landmark_image=landmark_map, control_scale=0.0))
+    # also when the call fails
+    with pytest.raises(ValueError, match="landmark map"):
+        run(pipe, faces=faces, id_scale=0.5)
+    assert all(p.scale == 0.0 for p in get_id_attn_processors(pipe.unet).values())
+
+
+def test_a_unet_shared_through_from_pipe_leaves_the_plain_pipeline_unchanged(plain_images, faces, landmark_map):
+    """The ID processors on a UNet shared with a plain SDXL pipeline see no ID tokens from it: plain attention."""
+    components = get_dummy_components()
+    sdxl = StableDiffusionXLPipeline(**components, add_watermarker=False)
+    sdxl.set_progress_bar_config(disable=True)
+    before = run(sdxl, height=64, width=64)
+    pipe = StableDiffusionXLHiFiPortraitPipeline.from_pipe(sdxl)
+    assert pipe.unet is sdxl.unet
+    pipe.set_hifi_portrait(**get_dummy_adapter(pipe.unet))
+    for proc in get_id_attn_processors(pipe.unet).values():
+        randomize_(proc, seed=7, std=0.2)
+    assert np.abs(run(pipe, faces=faces, landmark_image=landmark_map) - before).max() > 1e-3
+    np.testing.assert_array_equal(run(sdxl, height=64, width=64), before)
+    np.testing.assert_array_equal(before, plain_images)

@@ -39,6 +39,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 __all__ = ["HiFiNetCondition", "HiFiNetModel", "HiFiNetOutput"]
@@ -78,6 +79,13 @@ class HiFiNetCondition:
         return HiFiNetCondition(
             features=tuple(f.to(*args, **kwargs) for f in self.features),
             id_kv=tuple((k.to(*args, **kwargs), v.to(*args, **kwargs)) for k, v in self.id_kv),
+        )
+
+    def select(self, index: slice) -> HiFiNetCondition:
+        """The condition of the batch items ``index`` (e.g. the conditional half of a CFG batch)."""
+        return HiFiNetCondition(
+            features=tuple(f[index] for f in self.features),
+            id_kv=tuple((k[index], v[index]) for k, v in self.id_kv),
         )
 
     def repeat_to(self, batch: int) -> HiFiNetCondition:
@@ -360,6 +368,7 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
         return model
 
     # ------------------------------------------------------------------ condition part (once per generation)
+    @apply_forward_hook  # onloads the model under enable_model_cpu_offload, like the VAE's encode/decode
     def prepare_condition(
         self, controlnet_cond: torch.Tensor, id_tokens: torch.Tensor | None = None
     ) -> HiFiNetCondition:
