@@ -396,3 +396,71 @@ def test_a_unet_shared_through_from_pipe_leaves_the_plain_pipeline_unchanged(pla
     assert np.abs(run(pipe, faces=faces, landmark_image=landmark_map) - before).max() > 1e-3
     np.testing.assert_array_equal(run(sdxl, height=64, width=64), before)
     np.testing.assert_array_equal(before, plain_images)
+
+
+def write_tiny_ip_adapter(unet, path, seed: int = 3, image_embed_dim: int = 32):
+    """A random IP-Adapter (base, 4 image tokens) for ``unet`` in diffusers' layout, saved as safetensors:
+    ``image_proj.proj/norm.*`` and ``ip_adapter.<i>.to_k_ip/to_v_ip.weight`` (``i``: index of the layer in
+    ``unet.attn_processors``, cross-attentions only)."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    tensors = {
+        "image_proj.proj.weight": torch.randn(4 * cross, image_embed_dim, generator=gen) * 0.3,
+        "image_proj.proj.bias": torch.randn(4 * cross, generator=gen) * 0.1,
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    modules = dict(unet.named_modules())
+    for i, name in enumerate(unet.attn_processors):
+        attn = modules[name.removesuffix(".processor")]
+        if attn.is_cross_attention:
+            shape = (attn.to_k.out_features, cross)
+            tensors[f"ip_adapter.{i}.to_k_ip.weight"] = torch.randn(shape, generator=gen) * 0.3
+            tensors[f"ip_adapter.{i}.to_v_ip.weight"] = torch.randn(shape, generator=gen) * 0.3
+    save_file(tensors, str(path))
+    return path
+
+
+def test_ip_adapter_composes_with_the_id_attention(tmp_path, faces, landmark_map):
+    from PIL import Image
+
+    pipe = make_pipe()
+    base = run(pipe, faces=faces, landmark_image=landmark_map)
+    write_tiny_ip_adapter(pipe.unet, tmp_path / "ip.safetensors")
+    encoder = pipe.image_encoder
+    pipe.load_ip_adapter(tmp_path, subfolder="", weight_name="ip.safetensors", image_encoder_folder=None)
+    procs = get_id_attn_processors(pipe.unet)
+    assert len(procs) == 12 and all(p.ip_adapter is not None for p in procs.values())  # ours kept, IP inside
+    style = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    pipe.set_ip_adapter_scale(0.0)
+    np.testing.assert_allclose(
+        run(pipe, faces=faces, landmark_image=landmark_map, ip_adapter_image=style), base, atol=1e-5
+    )
+    pipe.set_ip_adapter_scale(0.8)
+    both = run(pipe, faces=faces, landmark_image=landmark_map, ip_adapter_image=style)
+    assert np.abs(both - base).max() > 1e-3  # the IP-Adapter's scale changes the output
+    no_id = run(pipe, faces=faces, landmark_image=landmark_map, ip_adapter_image=style, id_scale=0.0)
+    assert np.abs(no_id - both).max() > 1e-3  # and so does ours, beside it
+    # precomputed IP-Adapter embeddings give the same image (diffusers' ip_adapter_image_embeds)
+    embeds = pipe.prepare_ip_adapter_image_embeds(style, None, torch.device("cpu"), 1, True)
+    again = run(pipe, faces=faces, landmark_image=landmark_map, ip_adapter_image_embeds=embeds)
+    np.testing.assert_allclose(again, both, atol=1e-6)
+    # unloading removes the IP-Adapter only: our image encoder and ID attention stay, the output is ours again
+    pipe.unload_ip_adapter()
+    assert pipe.image_encoder is encoder and len(get_id_attn_processors(pipe.unet)) == 12
+    np.testing.assert_allclose(run(pipe, faces=faces, landmark_image=landmark_map), base, atol=1e-6)
+    # the other order: IP-Adapter first, then our adapter
+    other = make_pipe(adapter=False)
+    other.load_ip_adapter(tmp_path, subfolder="", weight_name="ip.safetensors", image_encoder_folder=None)
+    other.set_hifi_portrait(**get_dummy_adapter(other.unet))
+    assert all(p.ip_adapter is not None for p in get_id_attn_processors(other.unet).values())
+    other.set_ip_adapter_scale(0.8)
+    ours_off = run(other, faces=faces, landmark_image=landmark_map, ip_adapter_image=style, id_scale=0.0)
+    # with our scale at 0, the composed processor computes exactly what diffusers' IP-Adapter processor does
+    from hifi_portrait.models import remove_id_attention
+
+    assert remove_id_attention(other.unet) == 12
+    diffusers_only = run(other, faces=faces, landmark_image=landmark_map, ip_adapter_image=style)
+    np.testing.assert_allclose(ours_off, diffusers_only, atol=1e-6)
