@@ -464,3 +464,25 @@ def test_ip_adapter_composes_with_the_id_attention(tmp_path, faces, landmark_map
     assert remove_id_attention(other.unet) == 12
     diffusers_only = run(other, faces=faces, landmark_image=landmark_map, ip_adapter_image=style)
     np.testing.assert_allclose(ours_off, diffusers_only, atol=1e-6)
+
+
+def test_save_pretrained_keeps_the_whole_adapter(tmp_path, faces, landmark_map, caplog):
+    """save_pretrained -> from_pretrained keeps the UNet's to_k_ip/to_v_ip (and their scales), not only the
+    face refiner and HiFi-Net: the reloaded pipeline equals the original."""
+    pipe = make_pipe()
+    pipe.set_id_scale(0.7)
+    before = run(pipe, faces=faces, landmark_image=landmark_map)
+    assert np.abs(before - run(pipe, faces=faces, landmark_image=landmark_map, id_scale=0.0)).max() > 1e-3
+    pipe.save_pretrained(tmp_path / "pipe")
+    with caplog.at_level("WARNING"):
+        loaded = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(tmp_path / "pipe")
+    assert not [r for r in caplog.records if "were not used" in r.getMessage()]
+    loaded.set_progress_bar_config(disable=True)
+    procs = get_id_attn_processors(loaded.unet)
+    assert len(procs) == 12 and all(p.scale == 0.7 for p in procs.values())
+    np.testing.assert_allclose(run(loaded, faces=faces, landmark_image=landmark_map), before, atol=1e-5)
+    # fp16 variant files too
+    pipe.save_pretrained(tmp_path / "variant", variant="fp16")
+    loaded = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(tmp_path / "variant", variant="fp16")
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(run(loaded, faces=faces, landmark_image=landmark_map), before, atol=1e-5)

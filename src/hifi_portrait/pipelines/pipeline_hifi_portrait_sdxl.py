@@ -20,6 +20,7 @@ Guidance therefore pushes towards the identity as well as towards the prompt.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,7 +44,12 @@ from transformers import (
 
 from hifi_portrait.errors import ConfigError, ModelFilesMissingError, NoUsableReferencesError
 from hifi_portrait.face.matting import MATTE_BACKGROUND, composite
-from hifi_portrait.loaders.hifi_portrait_loader import HiFiPortraitLoaderMixin
+from hifi_portrait.loaders.hifi_portrait_loader import (
+    ID_ATTENTION_KEYS_FILTER,
+    HiFiPortraitLoaderMixin,
+    id_attention_config,
+    restore_id_attention,
+)
 from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetCondition, HiFiNetModel
 from hifi_portrait.models.id_attention import set_id_scale, sync_id_attention, with_id_tokens
@@ -170,6 +176,35 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
     @controlnet_context.setter
     def controlnet_context(self, value: str | list[str]) -> None:
         self.register_to_config(controlnet_context=_check_context(value))
+
+    # ------------------------------------------------------------------ save / load with the ID attention
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``; the UNet's ID attention weights are saved with the UNet and recorded in
+        the config (``id_attention``) so that :meth:`from_pretrained` puts them back."""
+        unet = self.unet
+        if unet is not None and getattr(unet, "encoder_hid_proj", None) is not None:
+            if unet.config.get("encoder_hid_dim_type") == "ip_image_proj":
+                raise ConfigError(
+                    "an IP-Adapter is loaded, and diffusers cannot save IP-Adapters with a pipeline (the reloaded "
+                    "UNet would not load). Call pipe.unload_ip_adapter() before save_pretrained, and "
+                    "pipe.load_ip_adapter(...) again after from_pretrained; the identity adapter is kept."
+                )
+        self.register_to_config(id_attention=id_attention_config(unet))
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> StableDiffusionXLHiFiPortraitPipeline:
+        """diffusers' ``from_pretrained``, then the ID attention saved with the UNet is installed again."""
+        model_logger = logging.getLogger("diffusers.models.modeling_utils")
+        model_logger.addFilter(ID_ATTENTION_KEYS_FILTER)
+        try:
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        finally:
+            model_logger.removeFilter(ID_ATTENTION_KEYS_FILTER)
+        restore_id_attention(pipe, variant=kwargs.get("variant"))
+        return pipe
 
     # ------------------------------------------------------------------ diffusers features beside ours
     def set_attention_slice(self, slice_size: int | None) -> None:
