@@ -36,7 +36,8 @@ def make_pipe(adapter: bool = True, trained: bool = True, **kwargs) -> StableDif
 
 def run(pipe, seed: int = 0, **kwargs) -> np.ndarray:
     kwargs.setdefault("prompt", "a portrait photo")
-    out = pipe(num_inference_steps=2, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
+    kwargs.setdefault("num_inference_steps", 2)
+    out = pipe(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
     return out.images
 
 
@@ -535,3 +536,55 @@ def test_fp8_layerwise_casting_of_the_unet(faces, landmark_map):
     quantisation = np.abs(fp8 - bf16).mean()  # measured 0.011 on these tiny models
     identity = np.abs(fp8 - no_id).mean()  # measured 0.057: the ID attention acts under fp8 too
     assert quantisation < 0.03 and identity > 3 * quantisation
+
+
+def test_bit_parity_with_the_controlnet_parent_and_cfg_cutoff_callbacks(faces, landmark_map):
+    """With our branches off, the pipeline with an extra ControlNet is diffusers' SDXL ControlNet pipeline, bit
+    for bit, also under diffusers' CFG-cutoff callbacks (the loop re-reads do_classifier_free_guidance)."""
+    from diffusers import StableDiffusionXLControlNetPipeline
+    from diffusers.callbacks import SDXLCFGCutoffCallback, SDXLControlnetCFGCutoffCallback
+    from PIL import Image
+
+    components = get_dummy_components()
+    controlnet = get_dummy_controlnet(components["unet"], seed=1)
+    parent = StableDiffusionXLControlNetPipeline(**components, controlnet=controlnet, add_watermarker=False)
+    parent.set_progress_bar_config(disable=True)
+    ours = StableDiffusionXLHiFiPortraitPipeline(**components, controlnet=controlnet, add_watermarker=False)
+    ours.set_progress_bar_config(disable=True)
+    cond = Image.fromarray(landmark_map)
+
+    def both(**kwargs):
+        kwargs.update(
+            image=cond, num_inference_steps=4, guidance_scale=30.0, negative_prompt="blurry"
+        )  # tiny models: a visible CFG term
+        return run(parent, **kwargs), run(ours, **kwargs)
+
+    a, b = both()
+    np.testing.assert_array_equal(b, a)
+    a_cut, b_cut = both(callback_on_step_end=SDXLControlnetCFGCutoffCallback(cutoff_step_ratio=0.25))
+    np.testing.assert_array_equal(b_cut, a_cut)
+    assert np.abs(b_cut - b).max() > 1e-3  # the cutoff changed the result
+    # the plain SDXL callback (no ControlNet image to halve) against diffusers' SDXL pipeline
+    plain = StableDiffusionXLPipeline(**components, add_watermarker=False)
+    plain.set_progress_bar_config(disable=True)
+    no_cn = StableDiffusionXLHiFiPortraitPipeline(**components, add_watermarker=False)
+    no_cn.set_progress_bar_config(disable=True)
+    kwargs = {"num_inference_steps": 4, "height": 64, "width": 64, "guidance_scale": 30.0, "negative_prompt": "blurry"}
+    a_cut = run(plain, callback_on_step_end=SDXLCFGCutoffCallback(cutoff_step_ratio=0.25), **kwargs)
+    b_cut = run(no_cn, callback_on_step_end=SDXLCFGCutoffCallback(cutoff_step_ratio=0.25), **kwargs)
+    np.testing.assert_array_equal(b_cut, a_cut)
+    assert np.abs(b_cut - run(no_cn, **kwargs)).max() > 1e-3
+
+    # with the adapter on, the cutoff callback equals turning guidance off alone (the loop halves its own tensors)
+    pipe = make_pipe(controlnet=controlnet)
+    kwargs = {"faces": faces, "landmark_image": landmark_map, "image": cond, "num_inference_steps": 4}
+    kwargs["guidance_scale"] = 30.0
+
+    def guidance_off(p, i, t, tensors):
+        if i == 1:
+            p._guidance_scale = 0.0
+        return tensors
+
+    cut = run(pipe, callback_on_step_end=SDXLControlnetCFGCutoffCallback(cutoff_step_ratio=0.25), **kwargs)
+    np.testing.assert_array_equal(cut, run(pipe, callback_on_step_end=guidance_off, **kwargs))
+    assert np.abs(cut - run(pipe, **kwargs)).max() > 1e-3
