@@ -23,6 +23,9 @@ diffusers calls that replace processors (``enable_attention_slicing``, ``set_att
 ``load_ip_adapter``...) are reconciled by :func:`sync_id_attention` (the pipeline calls it before every
 generation): the UNet remembers its ID processors, slicing and IP-Adapter are composed into them, and
 processors they cannot be combined with raise :class:`~hifi_portrait.errors.AttentionProcessorError`.
+The pipeline's own methods (``enable_attention_slicing``, ``load_ip_adapter``) compose for good; a reset made on
+the UNet itself (``unet.set_attn_processor``, ``unet.set_default_attn_processor``) is composed for the duration
+of each generation only, so a UNet shared with another pipeline keeps the processors its user set.
 
 All state (weights, scales) lives in the processor objects: no globals.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +59,7 @@ __all__ = [
     "id_attention_layer_names",
     "install_id_attention",
     "remove_id_attention",
+    "restore_processors",
     "set_id_scale",
     "split_token_sets",
     "sync_id_attention",
@@ -438,13 +443,19 @@ def get_id_attn_processors(unet: nn.Module) -> dict[str, IDAttnProcessor]:
     }
 
 
-def sync_id_attention(unet: nn.Module) -> dict[str, IDAttnProcessor]:
+def sync_id_attention(unet: nn.Module, replaced: dict[str, Any] | None = None) -> dict[str, IDAttnProcessor]:
     """Put back the UNet's ID processors where a diffusers call replaced them, composing what it installed.
 
     diffusers replaces processors wholesale: ``enable_attention_slicing`` (``SlicedAttnProcessor``),
     ``disable_attention_slicing`` / ``set_default_attn_processor`` (``AttnProcessor2_0``), IP-Adapter loading
     (``IPAdapterAttnProcessor2_0``). Each is composed into the remembered ID processor (slicing, IP-Adapter weights
     and scales) and the ID processor is set back.
+
+    Args:
+        unet: the UNet.
+        replaced: if given, receives ``{layer: processor found there}`` for every layer changed, so that the
+            caller can put them back (:func:`restore_processors`): the pipeline composes for one generation
+            only and leaves a UNet shared with other pipelines as it found it.
 
     Returns:
         The ID processors now installed.
@@ -485,11 +496,20 @@ def sync_id_attention(unet: nn.Module) -> dict[str, IDAttnProcessor]:
         proc.to(device=ref.device)
         if proc.ip_adapter is not None and proc.ip_adapter is not current:
             proc.ip_adapter.to(device=ref.device)
+        if replaced is not None:
+            replaced[name] = current
         attn.set_processor(proc)
         restored += 1
-    if restored:
+    if restored and replaced is None:
         logger.info("kept the identity attention on %d layers whose processors were replaced", restored)
     return get_id_attn_processors(unet)
+
+
+def restore_processors(unet: nn.Module, replaced: dict[str, Any]) -> None:
+    """Undo a :func:`sync_id_attention` that recorded what it ``replaced``."""
+    modules = dict(unet.named_modules())
+    for name, processor in replaced.items():
+        modules[name].set_processor(processor)
 
 
 def set_id_scale(unet: nn.Module, scale: float | dict[str, float]) -> None:
@@ -516,3 +536,23 @@ def remove_id_attention(unet: nn.Module) -> int:
             count += 1
     _registry(unet).clear()
     return count
+
+
+def _accept_in_default_reset() -> None:
+    """List :class:`IDAttnProcessor` among diffusers' ``CROSS_ATTENTION_PROCESSORS``.
+
+    ``UNet2DConditionModel.set_default_attn_processor`` refuses with a ``ValueError`` unless every processor is of
+    a listed class; listing ours lets it reset a UNet carrying ID attention to diffusers' reference processor (as
+    diffusers' own tests and users do). The pipeline then composes the ID attention back before its next
+    generation (:func:`sync_id_attention`). Nothing else reads the tuple for UNets.
+    """
+    from diffusers.models import attention_processor
+    from diffusers.models.unets import unet_2d_condition
+
+    for module in (attention_processor, unet_2d_condition):
+        listed = getattr(module, "CROSS_ATTENTION_PROCESSORS", None)
+        if listed is not None and IDAttnProcessor not in listed:
+            module.CROSS_ATTENTION_PROCESSORS = (*listed, IDAttnProcessor)
+
+
+_accept_in_default_reset()

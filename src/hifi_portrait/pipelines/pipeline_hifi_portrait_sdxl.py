@@ -52,7 +52,7 @@ from hifi_portrait.loaders.hifi_portrait_loader import (
 )
 from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetCondition, HiFiNetModel
-from hifi_portrait.models.id_attention import set_id_scale, sync_id_attention, with_id_tokens
+from hifi_portrait.models.id_attention import restore_processors, set_id_scale, sync_id_attention, with_id_tokens
 from hifi_portrait.pipelines.pipeline_output import HiFiPortraitPipelineOutput
 
 logger = logging.getLogger(__name__)
@@ -452,7 +452,8 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             raise ValueError("this pipeline has an extra ControlNet: give its condition image with image=")
 
         # processors replaced by diffusers calls (slicing, IP-Adapter loading) are composed back, or refused
-        id_procs = sync_id_attention(self.unet)
+        replaced: dict[str, Any] = {}
+        id_procs = sync_id_attention(self.unet, replaced)
         saved_scales = {name: proc.scale for name, proc in id_procs.items()}
         try:  # id_scale applies to this call only
             if id_procs and id_scale is not None:
@@ -513,6 +514,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         finally:
             for name, proc in id_procs.items():
                 proc.scale = saved_scales[name]
+            restore_processors(self.unet, replaced)
 
     def _generate(self, id_procs: dict[str, Any], **kw: Any) -> HiFiPortraitPipelineOutput | tuple:
         """The body of :meth:`__call__` (its arguments, by name), run while the call's ID scale is set."""
