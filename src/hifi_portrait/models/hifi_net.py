@@ -166,7 +166,7 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
         use_mid_block: emit a mid-block residual computed by a branch resnet (else zeros-conv of last level).
     """
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -192,6 +192,7 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
         use_mid_block: bool = True,
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = False  # set by ModelMixin.enable_gradient_checkpointing()
         levels = len(block_out_channels)
         if len(attention_levels) != levels or len(align_levels) != levels:
             raise ValueError("attention_levels and align_levels need one entry per UNet level")
@@ -419,6 +420,12 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
             emb = emb + self.add_embedding(add)
         return emb
 
+    def _checkpointed(self, module: nn.Module, *args):
+        """``module(*args)``, recomputed in the backward pass under gradient checkpointing (as diffusers' blocks)."""
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(module, *args)
+        return module(*args)
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -471,9 +478,9 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
         for i, (res_level, attn_level) in enumerate(zip(self.resnets, self.attentions, strict=True)):
             outs = []
             for resnet, attn in zip(res_level, attn_level, strict=True):
-                h = resnet(h, emb)
+                h = self._checkpointed(resnet, h, emb)
                 if isinstance(attn, _IDCrossAttention):
-                    h = attn(h, next(kv_iter))
+                    h = self._checkpointed(attn, h, next(kv_iter))
                 outs.append(h)
             for s in range(lpb):
                 down.append(next(zero)(outs[min(s, bl - 1)]))
@@ -481,7 +488,7 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
                 h = self.downsamplers[i](h) + feats[i + 1]
                 down.append(next(zero)(h))
         if self.mid_resnet is not None:
-            h = self.mid_resnet(h, emb)
+            h = self._checkpointed(self.mid_resnet, h, emb)
         mid = self.zero_conv_mid(h)
         if conditioning_scale != 1.0:
             down = [d * conditioning_scale for d in down]
