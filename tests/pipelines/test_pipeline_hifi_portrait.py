@@ -280,7 +280,7 @@ def test_extra_controlnets(faces, landmark_map):
     )
     np.testing.assert_allclose(first_only, with_cn, atol=1e-5)
     assert np.abs(both - with_cn).max() > 1e-3
-    with pytest.raises(ValueError, match="condition images"):
+    with pytest.raises(ValueError, match="same length as the number of controlnets"):  # diffusers check_inputs
         run(multi, faces=faces, landmark_image=landmark_map, image=[landmark_map])
 
 

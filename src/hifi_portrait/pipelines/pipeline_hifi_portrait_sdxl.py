@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import StableDiffusionXLControlNetPipeline
+from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
 from diffusers.models import AutoencoderKL, ControlNetModel, MultiControlNetModel, UNet2DConditionModel
@@ -176,6 +176,17 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
     @controlnet_context.setter
     def controlnet_context(self, value: str | list[str]) -> None:
         self.register_to_config(controlnet_context=_check_context(value))
+
+    def check_inputs(self, prompt, prompt_2, image, callback_steps, **kwargs: Any) -> None:
+        """diffusers' input checks: the SDXL ControlNet pipeline's with an extra ControlNet, else the SDXL
+        pipeline's (text, embeddings, IP-Adapter and callback inputs; the parent's require a ControlNet)."""
+        if self.controlnet is not None:  # (H, W, 3) uint8 arrays are images here, as in prepare_image
+            super().check_inputs(prompt, prompt_2, _uint8_arrays_to_pil(image), callback_steps, **kwargs)
+            return
+        for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end"):
+            kwargs.pop(name, None)
+        # height and width are checked by prepare_image / the landmark map; 8 passes the divisibility check
+        StableDiffusionXLPipeline.check_inputs(self, prompt, prompt_2, 8, 8, callback_steps, **kwargs)
 
     # ------------------------------------------------------------------ save / load with the ID attention
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -440,16 +451,39 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not in {self._callback_tensor_inputs}")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("give prompt or prompt_embeds")
-        if ip_adapter_image is not None and ip_adapter_image_embeds is not None:
-            raise ValueError("give ip_adapter_image or ip_adapter_image_embeds, not both")
         controlnet = self.controlnet
         if controlnet is not None and image is None:
             raise ValueError("this pipeline has an extra ControlNet: give its condition image with image=")
+        if controlnet is not None:
+            # align format for control guidance (as diffusers' StableDiffusionXLControlNetPipeline.__call__)
+            if not isinstance(control_guidance_start, list) and isinstance(control_guidance_end, list):
+                control_guidance_start = len(control_guidance_end) * [control_guidance_start]
+            elif not isinstance(control_guidance_end, list) and isinstance(control_guidance_start, list):
+                control_guidance_end = len(control_guidance_start) * [control_guidance_end]
+            elif not isinstance(control_guidance_start, list) and not isinstance(control_guidance_end, list):
+                mult = len(controlnet.nets) if isinstance(controlnet, MultiControlNetModel) else 1
+                control_guidance_start, control_guidance_end = (
+                    mult * [control_guidance_start],
+                    mult * [control_guidance_end],
+                )
+        self.check_inputs(
+            prompt=prompt,
+            prompt_2=prompt_2,
+            image=image,
+            callback_steps=None,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
 
         # processors replaced by diffusers calls (slicing, IP-Adapter loading) are composed back, or refused
         replaced: dict[str, Any] = {}
