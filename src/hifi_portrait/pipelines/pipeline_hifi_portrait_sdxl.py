@@ -651,7 +651,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 uncond = uncond_fn(tokens).to(tokens) if use_fn else torch.zeros_like(tokens)
                 tokens_cfg = torch.cat([uncond, tokens])
         # the UNet sees ID tokens only when there are references: without, it is exactly the plain UNet
-        unet_tokens = id_procs and id_tokens is not None
+        unet_tokens = bool(id_procs) and id_tokens is not None
 
         # 3. landmark map and extra ControlNet images
         landmark_pil = None
