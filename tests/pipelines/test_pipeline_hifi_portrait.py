@@ -518,6 +518,11 @@ def test_ip_adapter_composes_with_the_id_attention(tmp_path, faces, landmark_map
     embeds = pipe.prepare_ip_adapter_image_embeds(style, None, torch.device("cpu"), 1, True)
     again = run(pipe, faces=faces, landmark_image=landmark_map, ip_adapter_image_embeds=embeds)
     np.testing.assert_allclose(again, both, atol=1e-6)
+    # diffusers cannot save a pipeline with an IP-Adapter: refused with a message saying what to do
+    from hifi_portrait.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unload_ip_adapter"):
+        pipe.save_pretrained(tmp_path / "with_ip")
     # unloading removes the IP-Adapter only: our image encoder and ID attention stay, the output is ours again
     pipe.unload_ip_adapter()
     assert pipe.image_encoder is encoder and len(get_id_attn_processors(pipe.unet)) == 12

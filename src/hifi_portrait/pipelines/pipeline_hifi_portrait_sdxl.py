@@ -194,7 +194,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         the config (``id_attention``) so that :meth:`from_pretrained` puts them back."""
         unet = self.unet
         if unet is not None and getattr(unet, "encoder_hid_proj", None) is not None:
-            if unet.config.get("encoder_hid_dim_type") == "ip_image_proj":
+            if getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":  # set as an attribute
                 raise ConfigError(
                     "an IP-Adapter is loaded, and diffusers cannot save IP-Adapters with a pipeline (the reloaded "
                     "UNet would not load). Call pipe.unload_ip_adapter() before save_pretrained, and "
