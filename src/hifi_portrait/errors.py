@@ -54,3 +54,7 @@ class DatasetError(HiFiPortraitError):
 
 class OutputError(HiFiPortraitError):
     """An output folder cannot be written: disk full, quota exceeded, read-only, no permission (names the folder)."""
+
+
+class AttentionProcessorError(HiFiPortraitError):
+    """The UNet's ID attention processors were replaced by processors they cannot be combined with (named)."""

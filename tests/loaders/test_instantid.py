@@ -256,3 +256,18 @@ def test_identity_must_be_512d_arcface(tmp_path):
     assert quality.shape == (3,)
     with pytest.raises(ConfigError, match="embedder"):
         instantid_embeddings(faces)
+
+
+def test_save_pretrained_after_load_instantid_keeps_everything(tmp_path, files, kps_map):
+    """After load_instantid: the projection, IdentityNet, the ID attention and controlnet_context (registered
+    configuration) all survive save_pretrained -> from_pretrained."""
+    pipe = make_pipe(files)
+    before = run(pipe, id_embeds=embeds(0), image=kps_map)
+    assert pipe.config.controlnet_context == "id_tokens"
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = StableDiffusionXLHiFiPortraitPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert (
+        loaded.controlnet_context == "id_tokens" and type(loaded.face_refiner).__name__ == "InstantIDImageProjection"
+    )
+    np.testing.assert_allclose(run(loaded, id_embeds=embeds(0), image=kps_map), before, atol=1e-5)

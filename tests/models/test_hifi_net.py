@@ -113,6 +113,37 @@ def test_save_load_round_trip(unet, tmp_path):
     kwargs = {"controlnet_cond": x["cond"], "id_tokens": x["tokens"], "added_cond_kwargs": x["added"]}
     a, b = net(*args, **kwargs), loaded(*args, **kwargs)
     assert torch.equal(a.mid_block_res_sample, b.mid_block_res_sample)
+    assert len(a.down_block_res_samples) == len(b.down_block_res_samples) == 6  # one per UNet down residual
+    for x_a, x_b in zip(a.down_block_res_samples, b.down_block_res_samples, strict=True):
+        assert torch.equal(x_a, x_b)
+    assert any(x.abs().max() > 1e-3 for x in a.down_block_res_samples)  # non-trivial outputs are compared
+    ca, cb = net.prepare_condition(x["cond"], x["tokens"]), loaded.prepare_condition(x["cond"], x["tokens"])
+    for fa, fb in zip(ca.features + sum(ca.id_kv, ()), cb.features + sum(cb.id_kv, ()), strict=True):
+        assert torch.equal(fa, fb)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(unet):
+    x = _inputs()
+    kwargs = {"controlnet_cond": x["cond"], "id_tokens": x["tokens"], "added_cond_kwargs": x["added"]}
+
+    def grads(checkpointing: bool):
+        net = randomize_(HiFiNetModel.from_unet(unet, size_ratio=0.5, vae_scale_factor=2), seed=4, std=0.1)
+        if checkpointing:
+            net.enable_gradient_checkpointing()
+        assert net.is_gradient_checkpointing == checkpointing
+        calls = []
+        for module in net.resnets[0]:
+            module.register_forward_pre_hook(lambda *a: calls.append(1))
+        down, mid = net(x["sample"], 10, return_dict=False, **kwargs)
+        (sum(d.square().mean() for d in down) + mid.square().mean()).backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}, len(calls)
+
+    plain, plain_calls = grads(False)
+    checkpointed, ckpt_calls = grads(True)
+    assert ckpt_calls > plain_calls  # the blocks really ran again in the backward pass
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
 
 
 def test_wrong_landmark_size_is_explained(unet):

@@ -7,12 +7,12 @@ import torch
 
 from hifi_portrait.models import (
     IDAttnProcessor,
-    append_id_tokens,
     get_id_attn_processors,
     id_attention_layer_names,
     install_id_attention,
     remove_id_attention,
     set_id_scale,
+    with_id_tokens,
 )
 from hifi_portrait.utils.testing import get_dummy_unet
 
@@ -37,13 +37,13 @@ def test_scale_zero_is_exactly_plain_and_scale_changes_output():
     assert len(names) == 12 and all(n.endswith("attn2") for n in names)
     procs = install_id_attention(unet, num_tokens=4, scale=0.0)
     assert set(procs) == set(names) and isinstance(procs[names[0]], IDAttnProcessor)
-    assert torch.equal(_run(unet, append_id_tokens(text, tokens)), plain)
+    assert torch.equal(_run(unet, with_id_tokens(text, tokens)), plain)
     set_id_scale(unet, 0.7)
     assert all(p.scale == 0.7 for p in get_id_attn_processors(unet).values())
-    ided = _run(unet, append_id_tokens(text, tokens))
+    ided = _run(unet, with_id_tokens(text, tokens))
     assert (ided - plain).abs().max() > 1e-4
     # zero ID tokens contribute exactly nothing (no bias in to_k_ip / to_v_ip): the uncond branch of CFG
-    assert torch.equal(_run(unet, append_id_tokens(text, torch.zeros_like(tokens))), plain)
+    assert torch.equal(_run(unet, with_id_tokens(text, torch.zeros_like(tokens))), plain)
     assert remove_id_attention(unet) == len(names)
     assert torch.equal(_run(unet, text), plain)
 
@@ -61,11 +61,16 @@ def test_processor_state_is_per_layer_and_weights_follow_the_unet():
     assert key in unet.state_dict()
 
 
-def test_missing_tokens_are_reported():
-    unet = get_dummy_unet()
-    install_id_attention(unet, num_tokens=80)
-    with pytest.raises(ValueError, match="append_id_tokens"):
-        _run(unet, torch.randn(2, 77, 64))
+def test_without_id_tokens_the_processor_is_plain_attention():
+    """A UNet shared with a plain SDXL pipeline (from_pipe) is unchanged for it: text alone = no identity, even
+    at a non-zero scale (the old route took the last T text tokens as ID tokens)."""
+    unet = get_dummy_unet().eval()
+    text = torch.randn(2, 77, 64, generator=torch.Generator().manual_seed(1))
+    plain = _run(unet, text)
+    install_id_attention(unet, num_tokens=4, scale=1.0, init_from_text=False)
+    assert torch.equal(_run(unet, text), plain)
+    with pytest.raises(ValueError, match="with_id_tokens"):
+        _run(unet, (text, [torch.randn(2, 4, 64), torch.randn(2, 4, 64)]))  # two sets, no IP-Adapter loaded
     with pytest.raises(ValueError, match="no ID attention"):
         set_id_scale(get_dummy_unet(), 1.0)
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers.models.attention_processor import Attention
+from safetensors import safe_open
 
 from hifi_portrait.errors import AdapterFormatError, WeightsMismatchError
 from hifi_portrait.loaders.adapter_file import (
@@ -32,6 +34,7 @@ from hifi_portrait.models.id_attention import (
     install_id_attention,
     remove_id_attention,
     set_id_scale,
+    sync_id_attention,
 )
 
 logger = logging.getLogger(__name__)
@@ -290,3 +293,108 @@ class HiFiPortraitLoaderMixin:
         """Remove the face refiner, HiFi-Net and the UNet's ID attention processors."""
         remove_id_attention(self.unet)
         self.register_modules(face_refiner=None, hifi_net=None)
+
+
+# ---------------------------------------------------------------------------------------------- save_pretrained
+_PROC_KEY = re.compile(r"^(?P<layer>.+)\.processor\.to_(?P<kv>[kv])_ip\.weight$")
+
+
+def id_attention_config(unet: torch.nn.Module | None) -> dict | None:
+    """What ``save_pretrained`` records in the pipeline config about the UNet's ID attention (its weights are
+    saved with the UNet, as ``<layer>.processor.to_k_ip.weight``): ``{"num_tokens": T, "scale": {layer: s}}``."""
+    procs = sync_id_attention(unet) if unet is not None else {}
+    if not procs:
+        return None
+    return {
+        "num_tokens": next(iter(procs.values())).num_tokens,
+        "scale": {name: float(proc.scale) for name, proc in procs.items()},
+    }
+
+
+def _unet_weight_files(folder: Path, variant: str | None) -> list[Path]:
+    stem = "diffusion_pytorch_model" + (f".{variant}" if variant else "")
+    for ext in (".safetensors", ".bin"):
+        files = sorted(
+            p
+            for p in folder.glob(f"diffusion_pytorch_model*{ext}")
+            if p.name == stem + ext or re.fullmatch(re.escape(stem) + r"-\d+-of-\d+" + re.escape(ext), p.name)
+        )
+        if files:
+            return files
+    return []
+
+
+def _read_id_attention_tensors(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for file in _unet_weight_files(folder, variant):
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open has no items()
+                    if _PROC_KEY.match(key):
+                        out[key] = f.get_tensor(key)
+        else:
+            sd = torch.load(file, map_location="cpu", weights_only=True)
+            out.update({k: v for k, v in sd.items() if _PROC_KEY.match(k)})
+    return out
+
+
+def restore_id_attention(pipe, variant: str | None = None) -> int:
+    """After ``from_pretrained``: put back the ID attention recorded in the pipeline config, with the
+    ``to_k_ip``/``to_v_ip`` weights saved in the UNet's folder (diffusers drops them as unexpected keys).
+
+    Returns:
+        The number of layers restored (0 when the config records none, or the UNet already has them).
+
+    Raises:
+        WeightsMismatchError: the config records ID attention but the UNet's weight files lack it (named).
+    """
+    cfg = pipe.config.get("id_attention") if hasattr(pipe, "config") else None
+    unet = getattr(pipe, "unet", None)
+    if not cfg or unet is None or get_id_attn_processors(unet):
+        return 0
+    folder = Path(str(unet.config.get("_name_or_path", "")))
+    tensors = _read_id_attention_tensors(folder, variant) if folder.is_dir() else {}
+    scales: dict[str, float] = cfg["scale"]
+    missing = [
+        f"{name}.processor.to_{kv}_ip.weight"
+        for name in scales
+        for kv in "kv"
+        if f"{name}.processor.to_{kv}_ip.weight" not in tensors
+    ]
+    if missing:
+        raise WeightsMismatchError(
+            f"the pipeline config records ID attention on {len(scales)} layers, but the UNet weights in {folder} "
+            f"lack {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}. Save the pipeline again with "
+            "save_pretrained, or load the adapter with pipe.load_hifi_portrait(<file>)."
+        )
+    weight = next(unet.parameters())
+    procs = install_id_attention(
+        unet,
+        num_tokens=int(cfg["num_tokens"]),
+        layer_names=list(scales),
+        init_from_text=False,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        for name, proc in procs.items():
+            proc.to_k_ip.weight.copy_(tensors[f"{name}.processor.to_k_ip.weight"])
+            proc.to_v_ip.weight.copy_(tensors[f"{name}.processor.to_v_ip.weight"])
+            proc.scale = float(scales[name])
+    logger.info("restored the ID attention of %d UNet layers from %s", len(procs), folder)
+    return len(procs)
+
+
+class _DropIDAttentionKeysWarning(logging.Filter):
+    """Hides diffusers' "weights ... were not used" warning when the only unused keys are the ID attention's,
+    which :func:`restore_id_attention` loads right after."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "were not used when initializing" not in msg:
+            return True
+        keys = re.findall(r"[\w.]+\.(?:weight|bias)", msg.split("when initializing", 1)[-1])
+        return not (keys and all(_PROC_KEY.match(k) for k in keys))
+
+
+ID_ATTENTION_KEYS_FILTER = _DropIDAttentionKeysWarning()

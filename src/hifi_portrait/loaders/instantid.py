@@ -419,7 +419,7 @@ def load_instantid(
         controlnet: IdentityNet (``ControlNetModel.from_pretrained(".../ControlNetModel")``), or a list whose
             first item is IdentityNet; None keeps the pipeline's ControlNet (which must then be IdentityNet).
         id_scale: initial ID attention scale. The pipeline call's ``id_scale`` argument (InstantID's
-            ``ip_adapter_scale``, default 1.0) sets it again on every call: pass it there.
+            ``ip_adapter_scale``) overrides it for that call only.
         device, dtype: default to the UNet's.
 
     Returns:

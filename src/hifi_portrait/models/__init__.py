@@ -5,12 +5,14 @@ from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetCondition, HiFiNetModel, HiFiNetOutput
 from hifi_portrait.models.id_attention import (
     IDAttnProcessor,
-    append_id_tokens,
     get_id_attn_processors,
     id_attention_layer_names,
     install_id_attention,
     remove_id_attention,
     set_id_scale,
+    split_token_sets,
+    sync_id_attention,
+    with_id_tokens,
 )
 
 __all__ = [
@@ -19,10 +21,12 @@ __all__ = [
     "HiFiNetModel",
     "HiFiNetOutput",
     "IDAttnProcessor",
-    "append_id_tokens",
     "get_id_attn_processors",
     "id_attention_layer_names",
     "install_id_attention",
     "remove_id_attention",
     "set_id_scale",
+    "split_token_sets",
+    "sync_id_attention",
+    "with_id_tokens",
 ]

@@ -39,6 +39,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 __all__ = ["HiFiNetCondition", "HiFiNetModel", "HiFiNetOutput"]
@@ -78,6 +79,13 @@ class HiFiNetCondition:
         return HiFiNetCondition(
             features=tuple(f.to(*args, **kwargs) for f in self.features),
             id_kv=tuple((k.to(*args, **kwargs), v.to(*args, **kwargs)) for k, v in self.id_kv),
+        )
+
+    def select(self, index: slice) -> HiFiNetCondition:
+        """The condition of the batch items ``index`` (e.g. the conditional half of a CFG batch)."""
+        return HiFiNetCondition(
+            features=tuple(f[index] for f in self.features),
+            id_kv=tuple((k[index], v[index]) for k, v in self.id_kv),
         )
 
     def repeat_to(self, batch: int) -> HiFiNetCondition:
@@ -158,7 +166,7 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
         use_mid_block: emit a mid-block residual computed by a branch resnet (else zeros-conv of last level).
     """
 
-    _supports_gradient_checkpointing = False
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -184,6 +192,7 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
         use_mid_block: bool = True,
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = False  # set by ModelMixin.enable_gradient_checkpointing()
         levels = len(block_out_channels)
         if len(attention_levels) != levels or len(align_levels) != levels:
             raise ValueError("attention_levels and align_levels need one entry per UNet level")
@@ -360,6 +369,7 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
         return model
 
     # ------------------------------------------------------------------ condition part (once per generation)
+    @apply_forward_hook  # onloads the model under enable_model_cpu_offload, like the VAE's encode/decode
     def prepare_condition(
         self, controlnet_cond: torch.Tensor, id_tokens: torch.Tensor | None = None
     ) -> HiFiNetCondition:
@@ -409,6 +419,12 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
             add = torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype)
             emb = emb + self.add_embedding(add)
         return emb
+
+    def _checkpointed(self, module: nn.Module, *args):
+        """``module(*args)``, recomputed in the backward pass under gradient checkpointing (as diffusers' blocks)."""
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(module, *args)
+        return module(*args)
 
     def forward(
         self,
@@ -462,9 +478,9 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
         for i, (res_level, attn_level) in enumerate(zip(self.resnets, self.attentions, strict=True)):
             outs = []
             for resnet, attn in zip(res_level, attn_level, strict=True):
-                h = resnet(h, emb)
+                h = self._checkpointed(resnet, h, emb)
                 if isinstance(attn, _IDCrossAttention):
-                    h = attn(h, next(kv_iter))
+                    h = self._checkpointed(attn, h, next(kv_iter))
                 outs.append(h)
             for s in range(lpb):
                 down.append(next(zero)(outs[min(s, bl - 1)]))
@@ -472,7 +488,7 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
                 h = self.downsamplers[i](h) + feats[i + 1]
                 down.append(next(zero)(h))
         if self.mid_resnet is not None:
-            h = self.mid_resnet(h, emb)
+            h = self._checkpointed(self.mid_resnet, h, emb)
         mid = self.zero_conv_mid(h)
         if conditioning_scale != 1.0:
             down = [d * conditioning_scale for d in down]

@@ -4,41 +4,96 @@ The UNet's text cross-attention layers (``attn2``) get a :class:`IDAttnProcessor
 attention untouched and adds a second attention over the ``T`` identity tokens, with its own key/value
 projections (``to_k_ip``, ``to_v_ip``) and a ``scale``::
 
-    out = to_out(softmax(q k_text^T) v_text + scale * softmax(q k_id^T) v_id)
+    out = to_out(softmax(q k_text^T) v_text + scale * softmax(q k_id^T) v_id [+ IP-Adapter terms])
 
-How the tokens reach the processor: like the original IP-Adapter (and InstantID), the ID tokens are appended to
-the text embeddings, ``encoder_hidden_states = cat([prompt_embeds, id_tokens], dim=1)``
-(see :func:`append_id_tokens`); the processor splits the last ``num_tokens`` tokens off. Once processors are
-installed, every UNet call must therefore carry exactly ``num_tokens`` ID tokens at the end (zeros mean "no
-identity": they contribute exactly nothing since ``to_k_ip``/``to_v_ip`` have no bias).
+How the tokens reach the processor: diffusers' tuple route for extra attention tokens, the one IP-Adapter uses.
+The UNet is called with ``encoder_hidden_states=(prompt_embeds, [id_tokens])`` (see :func:`with_id_tokens`); a
+plain tensor means "no ID tokens" and the processor is then operation for operation diffusers'
+``AttnProcessor2_0`` (bit-identical output), so a UNet shared with a plain SDXL pipeline (``from_pipe``) is
+unchanged for that pipeline. Zero ID tokens contribute exactly nothing (``to_k_ip``/``to_v_ip`` have no bias):
+the "no identity" half of classifier-free guidance.
 
-With ``scale == 0`` the ID branch is skipped and the computation is operation-for-operation that of diffusers'
-``AttnProcessor2_0``, so the output is bit-identical to the plain UNet.
+One processor serves several token sets, each with its own scale: when diffusers' IP-Adapter is loaded next to
+ours, the UNet wraps the text and ID tokens once more, ``((prompt_embeds, [id_tokens]), [ip_tokens, ...])``;
+:func:`split_token_sets` flattens that to ``[id_tokens, ip_tokens, ...]``, and the IP-Adapter's own projections
+and scales (diffusers' ``IPAdapterAttnProcessor2_0``, kept as ``processor.ip_adapter``) are applied exactly as
+diffusers applies them.
 
-All state (weights, scale, number of tokens) lives in the processor objects: no globals.
+diffusers calls that replace processors (``enable_attention_slicing``, ``set_attn_processor``,
+``load_ip_adapter``...) are reconciled by :func:`sync_id_attention` (the pipeline calls it before every
+generation): the UNet remembers its ID processors, slicing and IP-Adapter are composed into them, and
+processors they cannot be combined with raise :class:`~hifi_portrait.errors.AttentionProcessorError`.
+The pipeline's own methods (``enable_attention_slicing``, ``load_ip_adapter``) compose for good; a reset made on
+the UNet itself (``unet.set_attn_processor``, ``unet.set_default_attn_processor``) is composed for the duration
+of each generation only, so a UNet shared with another pipeline keeps the processors its user set.
+
+All state (weights, scales) lives in the processor objects: no globals.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.image_processor import IPAdapterMaskProcessor
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor,
+    AttnProcessor2_0,
+    IPAdapterAttnProcessor,
+    IPAdapterAttnProcessor2_0,
+    SlicedAttnProcessor,
+)
 from torch import nn
+
+from hifi_portrait.errors import AttentionProcessorError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "IDAttnProcessor",
-    "append_id_tokens",
     "get_id_attn_processors",
     "id_attention_layer_names",
     "install_id_attention",
     "remove_id_attention",
+    "restore_processors",
     "set_id_scale",
+    "split_token_sets",
+    "sync_id_attention",
+    "with_id_tokens",
 ]
+
+#: attribute of the UNet holding ``{layer_name: IDAttnProcessor}``, what :func:`sync_id_attention` restores
+REGISTRY_ATTR = "_hifi_portrait_id_processors"
+
+
+def split_token_sets(encoder_hidden_states):
+    """``encoder_hidden_states`` as the UNet passes it -> ``(text, [token set, ...])``.
+
+    A tensor is text alone. A tuple ``(states, [sets])`` (diffusers' route for IP-Adapter tokens) may be nested
+    when the UNet wraps ours: ``((text, [id]), [ip_1, ip_2])`` gives ``(text, [id, ip_1, ip_2])``.
+    """
+    sets: list[torch.Tensor] = []
+    while isinstance(encoder_hidden_states, tuple):
+        encoder_hidden_states, extra = encoder_hidden_states
+        sets = (list(extra) if isinstance(extra, (list, tuple)) else [extra]) + sets
+    return encoder_hidden_states, sets
+
+
+def with_id_tokens(prompt_embeds: torch.Tensor, id_tokens: torch.Tensor | None):
+    """UNet ``encoder_hidden_states`` carrying ``(B, T, D)`` ID tokens next to ``(B, S, D)`` text embeddings:
+    ``(prompt_embeds, [id_tokens])``; ``prompt_embeds`` alone when ``id_tokens`` is None."""
+    if id_tokens is None:
+        return prompt_embeds
+    if id_tokens.shape[0] != prompt_embeds.shape[0] or id_tokens.shape[-1] != prompt_embeds.shape[-1]:
+        raise ValueError(
+            f"ID tokens of shape {tuple(id_tokens.shape)} do not match text embeddings {tuple(prompt_embeds.shape)} "
+            "(batch and channel dimensions must agree)."
+        )
+    return (prompt_embeds, [id_tokens.to(prompt_embeds.dtype)])
 
 
 class IDAttnProcessor(nn.Module):
@@ -47,9 +102,16 @@ class IDAttnProcessor(nn.Module):
     Args:
         hidden_size: channels of the attention layer (``attn.to_k.out_features``).
         cross_attention_dim: channels of the ID tokens (``D``, = the UNet's ``cross_attention_dim``).
-        num_tokens: number ``T`` of ID tokens appended at the end of ``encoder_hidden_states``.
+        num_tokens: number ``T`` of ID tokens the face refiner makes (metadata of the adapter file; any number
+            of tokens is accepted at run time).
         scale: weight of the ID attention; 0 gives exactly the plain UNet.
         device, dtype: where to create the projections.
+
+    Attributes beyond the weights:
+        slice_size: text attention computed in slices of ``slice_size`` (batch x heads) rows
+            (``enable_attention_slicing``); None for one call.
+        ip_adapter: diffusers' ``IPAdapterAttnProcessor2_0`` of IP-Adapter(s) loaded next to ours (its weights
+            and per-adapter ``scale`` list), or None.
     """
 
     def __init__(
@@ -66,60 +128,98 @@ class IDAttnProcessor(nn.Module):
         self.cross_attention_dim = int(cross_attention_dim)
         self.num_tokens = int(num_tokens)
         self.scale = float(scale)
+        self.slice_size: int | None = None
+        self.ip_adapter: IPAdapterAttnProcessor2_0 | None = None
         self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False, device=device, dtype=dtype)
         self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False, device=device, dtype=dtype)
 
-    def split(self, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, S + T, D)`` -> text ``(B, S, D)`` and ID tokens ``(B, T, D)``."""
-        if encoder_hidden_states.shape[1] <= self.num_tokens:
-            raise ValueError(
-                f"IDAttnProcessor expects text tokens followed by {self.num_tokens} ID tokens, got a sequence of "
-                f"{encoder_hidden_states.shape[1]}; append ID tokens with hifi_portrait.models.append_id_tokens "
-                "or remove the processors with remove_id_attention(unet)."
-            )
-        end = encoder_hidden_states.shape[1] - self.num_tokens
-        return encoder_hidden_states[:, :end], encoder_hidden_states[:, end:]
+    @property
+    def num_ip_adapters(self) -> int:
+        return 0 if self.ip_adapter is None else len(self.ip_adapter.scale)
 
-    def id_key_value(self, id_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``to_k_ip`` and ``to_v_ip`` of the ``(B, T, D)`` ID tokens.
+    def route(self, token_sets: Sequence[torch.Tensor]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """``[id?, ip_1, ..., ip_n]`` -> ``(id_tokens or None, IP-Adapter sets)``, by the IP-Adapters loaded."""
+        n_ip = self.num_ip_adapters
+        if len(token_sets) == n_ip + 1:
+            return token_sets[0], list(token_sets[1:])
+        if len(token_sets) == n_ip:
+            return None, list(token_sets)
+        raise ValueError(
+            f"IDAttnProcessor got {len(token_sets)} extra token sets but serves {n_ip} IP-Adapter(s) and "
+            "optionally the ID tokens: call the UNet with encoder_hidden_states=(prompt_embeds, [id_tokens]) "
+            "(hifi_portrait.models.with_id_tokens), or prompt_embeds alone for no identity."
+        )
+
+    def id_key_value(self, id_tokens: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+        """``to_k_ip`` and ``to_v_ip`` of the ``(B, T, D)`` ID tokens (cast to ``dtype``, the compute dtype).
 
         The ID tokens are the same at every denoising step of a generation, so at inference (no autograd) the
         projections are computed once and reused while the tokens and weights are unchanged (checked by value: a
         comparison of ``B*T*D`` numbers instead of two ``D x hidden`` matrix products per step and layer).
+        The compute dtype is the query's, never the weights' storage dtype (fp8 with layerwise casting).
         """
-        id_tokens = id_tokens.to(dtype=self.to_k_ip.weight.dtype)
+        id_tokens = id_tokens.to(dtype=dtype if dtype is not None else self.to_k_ip.weight.dtype)
         if torch.is_grad_enabled():
             self._kv_cache = None
             return self.to_k_ip(id_tokens), self.to_v_ip(id_tokens)
         cache = getattr(self, "_kv_cache", None)
         versions = (self.to_k_ip.weight._version, self.to_v_ip.weight._version)
+        ptrs = (self.to_k_ip.weight.data_ptr(), self.to_v_ip.weight.data_ptr())
         if (
             cache is not None
             and cache[0].shape == id_tokens.shape
             and cache[0].device == id_tokens.device
+            and cache[0].dtype == id_tokens.dtype
             and cache[3] == versions
-            and cache[4] == (self.to_k_ip.weight.data_ptr(), self.to_v_ip.weight.data_ptr())
+            and cache[4] == ptrs
             and torch.equal(cache[0], id_tokens)
         ):
             return cache[1], cache[2]
         key, value = self.to_k_ip(id_tokens), self.to_v_ip(id_tokens)
+        # read again: layerwise-casting hooks swap the weights during the call
+        versions = (self.to_k_ip.weight._version, self.to_v_ip.weight._version)
         ptrs = (self.to_k_ip.weight.data_ptr(), self.to_v_ip.weight.data_ptr())
         self._kv_cache = (id_tokens.clone(), key, value, versions, ptrs)
         return key, value
+
+    def _attention(self, query, key, value, attention_mask=None) -> torch.Tensor:
+        if not self.slice_size:
+            return F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+            )
+        # sliced over batch x heads, as diffusers' SlicedAttnProcessor (same result, less peak memory)
+        b, h = query.shape[:2]
+        q, k, v = query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1)
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.expand(b, h, *attention_mask.shape[2:]).flatten(0, 1)
+        step = int(self.slice_size)
+        outs = [
+            F.scaled_dot_product_attention(
+                q[i : i + step],
+                k[i : i + step],
+                v[i : i + step],
+                attn_mask=None if mask is None else mask[i : i + step],
+                dropout_p=0.0,
+                is_causal=False,
+            )
+            for i in range(0, b * h, step)
+        ]
+        return torch.cat(outs).unflatten(0, (b, h))
 
     def __call__(
         self,
         attn: Attention,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | tuple | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         scale: float | None = None,  # noqa: ARG002 - LoRA scale, handled by peft; accepted to stay silent
+        ip_adapter_masks: torch.Tensor | list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         # Mirrors diffusers.models.attention_processor.AttnProcessor2_0 operation for operation.
-        id_tokens = None
-        if encoder_hidden_states is not None:
-            encoder_hidden_states, id_tokens = self.split(encoder_hidden_states)
+        encoder_hidden_states, token_sets = split_token_sets(encoder_hidden_states)
+        id_tokens, ip_hidden_states = self.route(token_sets)
 
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -162,21 +262,24 @@ class IDAttnProcessor(nn.Module):
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
+        hidden_states = self._attention(query, key, value, attention_mask)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
 
         if id_tokens is not None and self.scale != 0.0:
-            ip_key, ip_value = self.id_key_value(id_tokens)
+            ip_key, ip_value = self.id_key_value(id_tokens, query.dtype)
             ip_key = ip_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             ip_value = ip_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             if attn.norm_k is not None:
                 ip_key = attn.norm_k(ip_key)
-            ip_hidden = F.scaled_dot_product_attention(query, ip_key, ip_value, dropout_p=0.0, is_causal=False)
+            ip_hidden = self._attention(query, ip_key, ip_value)
             ip_hidden = ip_hidden.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
             hidden_states = hidden_states + self.scale * ip_hidden
+
+        if ip_hidden_states:
+            hidden_states = self._ip_adapter_attention(
+                attn, hidden_states, query, ip_hidden_states, ip_adapter_masks, batch_size, head_dim
+            )
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -188,18 +291,64 @@ class IDAttnProcessor(nn.Module):
         hidden_states = hidden_states / attn.rescale_output_factor
         return hidden_states
 
+    def _ip_adapter_attention(
+        self, attn, hidden_states, query, ip_hidden_states, ip_adapter_masks, batch_size, head_dim
+    ) -> torch.Tensor:
+        """The IP-Adapter terms, as in diffusers' ``IPAdapterAttnProcessor2_0.__call__`` (v0.42, masks included)."""
+        ip = self.ip_adapter
+        if ip_adapter_masks is not None:
+            if not isinstance(ip_adapter_masks, list):
+                ip_adapter_masks = list(ip_adapter_masks.unsqueeze(1))
+            if not (len(ip_adapter_masks) == len(ip.scale) == len(ip_hidden_states)):
+                raise ValueError(
+                    f"Length of ip_adapter_masks array ({len(ip_adapter_masks)}) must match length of the "
+                    f"IP-Adapter scales ({len(ip.scale)}) and number of ip_hidden_states ({len(ip_hidden_states)})"
+                )
+        else:
+            ip_adapter_masks = [None] * len(ip.scale)
+
+        for current_ip_hidden_states, scale, to_k_ip, to_v_ip, mask in zip(
+            ip_hidden_states, ip.scale, ip.to_k_ip, ip.to_v_ip, ip_adapter_masks, strict=True
+        ):
+            skip = all(s == 0 for s in scale) if isinstance(scale, list) else scale == 0
+            if skip:
+                continue
+            current_ip_hidden_states = current_ip_hidden_states.to(query.dtype)
+            if mask is not None:
+                if not isinstance(scale, list):
+                    scale = [scale] * mask.shape[1]
+                for i in range(mask.shape[1]):
+                    ip_key = to_k_ip(current_ip_hidden_states[:, i, :, :])
+                    ip_value = to_v_ip(current_ip_hidden_states[:, i, :, :])
+                    ip_key = ip_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+                    ip_value = ip_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+                    current = F.scaled_dot_product_attention(
+                        query, ip_key, ip_value, attn_mask=None, dropout_p=0.0, is_causal=False
+                    )
+                    current = current.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+                    current = current.to(query.dtype)
+                    mask_downsample = IPAdapterMaskProcessor.downsample(
+                        mask[:, i, :, :], batch_size, current.shape[1], current.shape[2]
+                    )
+                    mask_downsample = mask_downsample.to(dtype=query.dtype, device=query.device)
+                    hidden_states = hidden_states + scale[i] * (current * mask_downsample)
+            else:
+                ip_key = to_k_ip(current_ip_hidden_states)
+                ip_value = to_v_ip(current_ip_hidden_states)
+                ip_key = ip_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+                ip_value = ip_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+                current = F.scaled_dot_product_attention(
+                    query, ip_key, ip_value, attn_mask=None, dropout_p=0.0, is_causal=False
+                )
+                current = current.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+                current = current.to(query.dtype)
+                hidden_states = hidden_states + scale * current
+        return hidden_states
+
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, num_tokens={self.num_tokens}, scale={self.scale}"
-
-
-def append_id_tokens(prompt_embeds: torch.Tensor, id_tokens: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``(B, S, D)`` text embeddings and ``(B, T, D)`` ID tokens into ``(B, S + T, D)``."""
-    if id_tokens.shape[0] != prompt_embeds.shape[0] or id_tokens.shape[-1] != prompt_embeds.shape[-1]:
-        raise ValueError(
-            f"ID tokens of shape {tuple(id_tokens.shape)} do not match text embeddings {tuple(prompt_embeds.shape)} "
-            "(batch and channel dimensions must agree)."
-        )
-    return torch.cat([prompt_embeds, id_tokens.to(prompt_embeds.dtype)], dim=1)
+        extra = f", ip_adapters={self.num_ip_adapters}" if self.ip_adapter is not None else ""
+        sliced = f", slice_size={self.slice_size}" if self.slice_size else ""
+        return f"hidden_size={self.hidden_size}, num_tokens={self.num_tokens}, scale={self.scale}{sliced}{extra}"
 
 
 def id_attention_layer_names(unet: nn.Module) -> list[str]:
@@ -209,6 +358,14 @@ def id_attention_layer_names(unet: nn.Module) -> list[str]:
         if isinstance(module, Attention) and name.endswith("attn2") and module.is_cross_attention:
             names.append(name)
     return names
+
+
+def _registry(unet: nn.Module) -> dict[str, IDAttnProcessor]:
+    reg = getattr(unet, REGISTRY_ATTR, None)
+    if reg is None:
+        reg = {}
+        object.__setattr__(unet, REGISTRY_ATTR, reg)
+    return reg
 
 
 def install_id_attention(
@@ -224,7 +381,7 @@ def install_id_attention(
 
     Args:
         unet: a diffusers ``UNet2DConditionModel`` (SDXL or SD).
-        num_tokens: ``T``, number of ID tokens appended to the text embeddings.
+        num_tokens: ``T``, number of ID tokens made by the face refiner.
         scale: initial ID scale.
         layer_names: restrict to these ``attn2`` layers (as returned by :func:`id_attention_layer_names`).
         init_from_text: start ``to_k_ip``/``to_v_ip`` as copies of the layer's ``to_k``/``to_v`` (IP-Adapter's
@@ -232,7 +389,8 @@ def install_id_attention(
         device, dtype: default to the UNet's.
 
     Returns:
-        ``{layer_name: processor}``. Other attention layers keep their processors.
+        ``{layer_name: processor}``. Other attention layers keep their processors; an IP-Adapter or attention
+        slicing already on a layer is kept inside the new processor.
     """
     names = list(layer_names) if layer_names is not None else id_attention_layer_names(unet)
     modules = dict(unet.named_modules())
@@ -256,8 +414,16 @@ def install_id_attention(
             with torch.no_grad():
                 proc.to_k_ip.weight.copy_(_base_weight(attn.to_k))
                 proc.to_v_ip.weight.copy_(_base_weight(attn.to_v))
+        current = attn.processor
+        if isinstance(current, IDAttnProcessor):
+            proc.ip_adapter, proc.slice_size = current.ip_adapter, current.slice_size
+        elif isinstance(current, (IPAdapterAttnProcessor2_0, IPAdapterAttnProcessor)):
+            proc.ip_adapter = current
+        elif isinstance(current, SlicedAttnProcessor):
+            proc.slice_size = current.slice_size
         attn.set_processor(proc)
         installed[name] = proc
+    _registry(unet).update(installed)
     logger.debug("installed ID attention on %d layers (T=%d)", len(installed), num_tokens)
     return installed
 
@@ -277,9 +443,78 @@ def get_id_attn_processors(unet: nn.Module) -> dict[str, IDAttnProcessor]:
     }
 
 
+def sync_id_attention(unet: nn.Module, replaced: dict[str, Any] | None = None) -> dict[str, IDAttnProcessor]:
+    """Put back the UNet's ID processors where a diffusers call replaced them, composing what it installed.
+
+    diffusers replaces processors wholesale: ``enable_attention_slicing`` (``SlicedAttnProcessor``),
+    ``disable_attention_slicing`` / ``set_default_attn_processor`` (``AttnProcessor2_0``), IP-Adapter loading
+    (``IPAdapterAttnProcessor2_0``). Each is composed into the remembered ID processor (slicing, IP-Adapter weights
+    and scales) and the ID processor is set back.
+
+    Args:
+        unet: the UNet.
+        replaced: if given, receives ``{layer: processor found there}`` for every layer changed, so that the
+            caller can put them back (:func:`restore_processors`): the pipeline composes for one generation
+            only and leaves a UNet shared with other pipelines as it found it.
+
+    Returns:
+        The ID processors now installed.
+
+    Raises:
+        AttentionProcessorError: a layer got a processor the ID attention cannot be combined with (xformers,
+            fused QKV, a custom processor); the message names the layer and the processor and what to do.
+    """
+    registry = _registry(unet)
+    if not registry:
+        return {}
+    modules = dict(unet.named_modules())
+    restored = 0
+    for name, proc in list(registry.items()):
+        attn = modules.get(name)
+        if not isinstance(attn, Attention):
+            continue
+        current = attn.processor
+        if current is proc:
+            continue
+        if isinstance(current, IDAttnProcessor):  # a new adapter was installed directly on the layer
+            registry[name] = current
+            continue
+        if isinstance(current, (IPAdapterAttnProcessor2_0, IPAdapterAttnProcessor)):
+            proc.ip_adapter = current
+        elif isinstance(current, SlicedAttnProcessor):
+            proc.slice_size = current.slice_size
+        elif type(current) in (AttnProcessor2_0, AttnProcessor):
+            proc.slice_size = None
+        else:
+            raise AttentionProcessorError(
+                f"the UNet's ID attention on {name} was replaced by {type(current).__name__}, which the identity "
+                "attention cannot be combined with (supported: default SDPA attention, attention slicing, "
+                "IP-Adapter). Use pipe.enable_attention_slicing() or the default processors, or remove the "
+                "identity attention first with pipe.unload_hifi_portrait()."
+            )
+        ref = attn.to_k.weight if hasattr(attn.to_k, "weight") else _base_weight(attn.to_k)
+        proc.to(device=ref.device)
+        if proc.ip_adapter is not None and proc.ip_adapter is not current:
+            proc.ip_adapter.to(device=ref.device)
+        if replaced is not None:
+            replaced[name] = current
+        attn.set_processor(proc)
+        restored += 1
+    if restored and replaced is None:
+        logger.info("kept the identity attention on %d layers whose processors were replaced", restored)
+    return get_id_attn_processors(unet)
+
+
+def restore_processors(unet: nn.Module, replaced: dict[str, Any]) -> None:
+    """Undo a :func:`sync_id_attention` that recorded what it ``replaced``."""
+    modules = dict(unet.named_modules())
+    for name, processor in replaced.items():
+        modules[name].set_processor(processor)
+
+
 def set_id_scale(unet: nn.Module, scale: float | dict[str, float]) -> None:
     """Set the ID attention scale of every installed processor (or per layer name with a dict)."""
-    procs = get_id_attn_processors(unet)
+    procs = get_id_attn_processors(unet) or dict(_registry(unet))
     if not procs:
         raise ValueError("the UNet has no ID attention processors; load an adapter or call install_id_attention")
     for name, proc in procs.items():
@@ -287,10 +522,37 @@ def set_id_scale(unet: nn.Module, scale: float | dict[str, float]) -> None:
 
 
 def remove_id_attention(unet: nn.Module) -> int:
-    """Restore diffusers' default processor on the layers that had an ID processor; returns how many."""
+    """Remove the ID processors (an IP-Adapter or slicing composed into them stays); returns how many."""
     count = 0
     for _, module in unet.named_modules():
         if isinstance(module, Attention) and isinstance(module.processor, IDAttnProcessor):
-            module.set_processor(AttnProcessor2_0())
+            proc = module.processor
+            if proc.ip_adapter is not None:
+                module.set_processor(proc.ip_adapter)
+            elif proc.slice_size:
+                module.set_processor(SlicedAttnProcessor(proc.slice_size))
+            else:
+                module.set_processor(AttnProcessor2_0())
             count += 1
+    _registry(unet).clear()
     return count
+
+
+def _accept_in_default_reset() -> None:
+    """List :class:`IDAttnProcessor` among diffusers' ``CROSS_ATTENTION_PROCESSORS``.
+
+    ``UNet2DConditionModel.set_default_attn_processor`` refuses with a ``ValueError`` unless every processor is of
+    a listed class; listing ours lets it reset a UNet carrying ID attention to diffusers' reference processor (as
+    diffusers' own tests and users do). The pipeline then composes the ID attention back before its next
+    generation (:func:`sync_id_attention`). Nothing else reads the tuple for UNets.
+    """
+    from diffusers.models import attention_processor
+    from diffusers.models.unets import unet_2d_condition
+
+    for module in (attention_processor, unet_2d_condition):
+        listed = getattr(module, "CROSS_ATTENTION_PROCESSORS", None)
+        if listed is not None and IDAttnProcessor not in listed:
+            module.CROSS_ATTENTION_PROCESSORS = (*listed, IDAttnProcessor)
+
+
+_accept_in_default_reset()

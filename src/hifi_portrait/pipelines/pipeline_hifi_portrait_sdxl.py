@@ -20,20 +20,20 @@ Guidance therefore pushes towards the identity as well as towards the prompt.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import StableDiffusionXLControlNetPipeline
+from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
+from diffusers.image_processor import PipelineImageInput
 from diffusers.models import AutoencoderKL, ControlNetModel, MultiControlNetModel, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 from diffusers.pipelines.controlnet.pipeline_controlnet_sd_xl import retrieve_timesteps
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers import KarrasDiffusionSchedulers
-from diffusers.utils.import_utils import is_invisible_watermark_available
 from transformers import (
     CLIPImageProcessor,
     CLIPTextModel,
@@ -42,12 +42,17 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from hifi_portrait.errors import ModelFilesMissingError, NoUsableReferencesError
+from hifi_portrait.errors import ConfigError, ModelFilesMissingError, NoUsableReferencesError
 from hifi_portrait.face.matting import MATTE_BACKGROUND, composite
-from hifi_portrait.loaders.hifi_portrait_loader import HiFiPortraitLoaderMixin
+from hifi_portrait.loaders.hifi_portrait_loader import (
+    ID_ATTENTION_KEYS_FILTER,
+    HiFiPortraitLoaderMixin,
+    id_attention_config,
+    restore_id_attention,
+)
 from hifi_portrait.models.face_refiner import FaceRefiner
-from hifi_portrait.models.hifi_net import HiFiNetModel
-from hifi_portrait.models.id_attention import append_id_tokens, get_id_attn_processors, set_id_scale
+from hifi_portrait.models.hifi_net import HiFiNetCondition, HiFiNetModel
+from hifi_portrait.models.id_attention import restore_processors, set_id_scale, sync_id_attention, with_id_tokens
 from hifi_portrait.pipelines.pipeline_output import HiFiPortraitPipelineOutput
 
 logger = logging.getLogger(__name__)
@@ -71,12 +76,12 @@ def reference_pixels(face: Any, matte: bool = True) -> np.ndarray:
     return composite(crop, mask, MATTE_BACKGROUND)
 
 
-def _onload(module: torch.nn.Module | None) -> None:
-    """Move a model offloaded by ``enable_model_cpu_offload`` to its execution device before calling a method
-    other than ``forward`` (accelerate's hooks only wrap ``forward``)."""
-    hook = getattr(module, "_hf_hook", None)
-    if hook is not None and hasattr(hook, "pre_forward"):
-        hook.pre_forward(module)
+def _check_context(value: str | list[str]) -> str | list[str]:
+    allowed = ("text", "id_tokens")
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or any(v not in allowed for v in items):
+        raise ConfigError(f"controlnet_context must be 'text', 'id_tokens' or a list of these, got {value!r}")
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _uint8_arrays_to_pil(image: Any) -> Any:
@@ -99,8 +104,17 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         controlnet: extra ControlNet(s) (a ``ControlNetModel``, a list of them, or ``MultiControlNetModel``),
             conditioned by ``image=`` as in diffusers' SDXL ControlNet pipeline.
 
+    Configuration (saved in ``model_index.json``):
+        controlnet_context: what the extra ControlNet(s) cross-attend to, ``"text"`` (diffusers' default) or
+            ``"id_tokens"`` (InstantID's IdentityNet), or one of these per net of a
+            :class:`~hifi_portrait.pipelines.multi_controlnet.MultiContextControlNetModel`; set with
+            ``pipe.controlnet_context = ...``.
+        id_attention: written by ``save_pretrained`` (``{"num_tokens": T, "scale": {layer: s}}``) so that
+            ``from_pretrained`` puts the ID attention saved with the UNet back; not to be set by hand.
+
     The UNet's ID attention processors come with the adapter (:meth:`load_hifi_portrait`) or
-    :meth:`set_hifi_portrait`.
+    :meth:`set_hifi_portrait`. diffusers' IP-Adapter (``load_ip_adapter``), attention slicing, LoRA and
+    layerwise casting compose with them (docs/pipeline.md).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->face_refiner->unet->vae"
@@ -132,11 +146,10 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         feature_extractor: CLIPImageProcessor | None = None,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
+        controlnet_context: str | list[str] = "text",
+        id_attention: dict[str, Any] | None = None,
     ) -> None:
-        DiffusionPipeline.__init__(self)  # the parent's __init__ requires a ControlNet; ours is optional
-        if isinstance(controlnet, (list, tuple)):
-            controlnet = MultiControlNetModel(controlnet)
-        self.register_modules(
+        super().__init__(
             vae=vae,
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
@@ -145,26 +158,104 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             unet=unet,
             controlnet=controlnet,
             scheduler=scheduler,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
             feature_extractor=feature_extractor,
             image_encoder=image_encoder,
-            face_refiner=face_refiner,
-            hifi_net=hifi_net,
         )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True)
-        self.control_image_processor = VaeImageProcessor(
-            vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
-        )
-        add_watermarker = add_watermarker if add_watermarker is not None else is_invisible_watermark_available()
-        if add_watermarker:
-            from diffusers.pipelines.stable_diffusion_xl.watermark import StableDiffusionXLWatermarker
-
-            self.watermark = StableDiffusionXLWatermarker()
-        else:
-            self.watermark = None
-        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        self.register_modules(face_refiner=face_refiner, hifi_net=hifi_net)
+        self.register_to_config(controlnet_context=_check_context(controlnet_context), id_attention=id_attention)
         self.default_sample_size = self.unet.config.sample_size if getattr(self, "unet", None) is not None else 128
         self.face_analyzer: Any = None  # set by the user or created lazily for reference_images
+
+    @property
+    def controlnet_context(self) -> str | list[str]:
+        """What the extra ControlNet(s) cross-attend to (registered configuration, kept by save/load)."""
+        return self.config.get("controlnet_context", "text")
+
+    @controlnet_context.setter
+    def controlnet_context(self, value: str | list[str]) -> None:
+        self.register_to_config(controlnet_context=_check_context(value))
+
+    def check_inputs(self, prompt, prompt_2, image, callback_steps, **kwargs: Any) -> None:
+        """diffusers' input checks: the SDXL ControlNet pipeline's with an extra ControlNet, else the SDXL
+        pipeline's (text, embeddings, IP-Adapter and callback inputs; the parent's require a ControlNet)."""
+        if self.controlnet is not None:  # (H, W, 3) uint8 arrays are images here, as in prepare_image
+            super().check_inputs(prompt, prompt_2, _uint8_arrays_to_pil(image), callback_steps, **kwargs)
+            return
+        for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end"):
+            kwargs.pop(name, None)
+        # height and width are checked by prepare_image / the landmark map; 8 passes the divisibility check
+        StableDiffusionXLPipeline.check_inputs(self, prompt, prompt_2, 8, 8, callback_steps, **kwargs)
+
+    # ------------------------------------------------------------------ save / load with the ID attention
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``; the UNet's ID attention weights are saved with the UNet and recorded in
+        the config (``id_attention``) so that :meth:`from_pretrained` puts them back."""
+        unet = self.unet
+        if unet is not None and getattr(unet, "encoder_hid_proj", None) is not None:
+            if getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":  # set as an attribute
+                raise ConfigError(
+                    "an IP-Adapter is loaded, and diffusers cannot save IP-Adapters with a pipeline (the reloaded "
+                    "UNet would not load). Call pipe.unload_ip_adapter() before save_pretrained, and "
+                    "pipe.load_ip_adapter(...) again after from_pretrained; the identity adapter is kept."
+                )
+        self.register_to_config(id_attention=id_attention_config(unet))
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> StableDiffusionXLHiFiPortraitPipeline:
+        """diffusers' ``from_pretrained``, then the ID attention saved with the UNet is installed again."""
+        model_logger = logging.getLogger("diffusers.models.modeling_utils")
+        model_logger.addFilter(ID_ATTENTION_KEYS_FILTER)
+        try:
+            pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        finally:
+            model_logger.removeFilter(ID_ATTENTION_KEYS_FILTER)
+        restore_id_attention(pipe, variant=kwargs.get("variant"))
+        return pipe
+
+    # ------------------------------------------------------------------ diffusers features beside ours
+    def set_attention_slice(self, slice_size: int | None) -> None:
+        """diffusers' attention slicing (``enable_attention_slicing``/``disable_attention_slicing``), applied to
+        the ID attention processors too instead of replacing them."""
+        super().set_attention_slice(slice_size)
+        if self.unet is not None:
+            sync_id_attention(self.unet)
+
+    def load_ip_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """diffusers' ``load_ip_adapter``; on layers with ID attention, the IP-Adapter goes inside our processor
+        (one processor attending to the text, the ID tokens and the IP-Adapter tokens, each with its scale)."""
+        super().load_ip_adapter(*args, **kwargs)
+        sync_id_attention(self.unet)
+
+    def set_ip_adapter_scale(self, scale: Any) -> None:
+        """diffusers' ``set_ip_adapter_scale``, also for IP-Adapters composed with the ID attention."""
+        composed = {name: proc for name, proc in sync_id_attention(self.unet).items() if proc.ip_adapter is not None}
+        modules = dict(self.unet.named_modules())
+        for name, proc in composed.items():  # expose the IP-Adapter processors to diffusers' method
+            modules[name].processor = proc.ip_adapter
+        try:
+            super().set_ip_adapter_scale(scale)
+        finally:
+            for name, proc in composed.items():
+                modules[name].processor = proc
+
+    def unload_ip_adapter(self) -> None:
+        """Remove the IP-Adapter(s) only: the ID attention and the image encoder (which the references need)
+        stay. diffusers' own method would also drop both."""
+        procs = sync_id_attention(self.unet)
+        for proc in procs.values():
+            proc.ip_adapter = None
+        self.unet.encoder_hid_proj = None
+        self.unet.config.encoder_hid_dim_type = None
+        defaults = {
+            name: AttnProcessor2_0() if isinstance(p, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)) else p
+            for name, p in self.unet.attn_processors.items()
+        }
+        self.unet.set_attn_processor(defaults)
 
     # ------------------------------------------------------------------ references -> ID tokens
     def encode_patch_tokens(self, images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -176,7 +267,6 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 "feature_extractor=CLIPImageProcessor.from_pretrained(<dir>), e.g. the image_encoder folder of "
                 "h94/IP-Adapter (models/image_encoder, laion CLIP-ViT-H-14), or give patch_tokens= directly."
             )
-        _onload(self.image_encoder)
         dtype = next(self.image_encoder.parameters()).dtype
         pixels = self.feature_extractor(images=list(images), return_tensors="pt").pixel_values
         pixels = pixels.to(device=device, dtype=dtype)
@@ -277,7 +367,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         ``"id_tokens"`` (InstantID's IdentityNet, hifi_portrait.loaders.instantid), or a list with one of these per
         net of a :class:`~hifi_portrait.pipelines.multi_controlnet.MultiContextControlNetModel` (InstantID +
         OpenPose: ``["id_tokens", "text"]``)."""
-        context = getattr(self, "controlnet_context", "text")
+        context = self.controlnet_context
 
         def pick(name: str) -> torch.Tensor:
             return id_tokens if name == "id_tokens" and id_tokens is not None else text
@@ -319,6 +409,8 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: PipelineImageInput | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cross_attention_kwargs: dict[str, Any] | None = None,
@@ -359,19 +451,131 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not in {self._callback_tensor_inputs}")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("give prompt or prompt_embeds")
         controlnet = self.controlnet
         if controlnet is not None and image is None:
             raise ValueError("this pipeline has an extra ControlNet: give its condition image with image=")
+        if controlnet is not None:
+            # align format for control guidance (as diffusers' StableDiffusionXLControlNetPipeline.__call__)
+            if not isinstance(control_guidance_start, list) and isinstance(control_guidance_end, list):
+                control_guidance_start = len(control_guidance_end) * [control_guidance_start]
+            elif not isinstance(control_guidance_end, list) and isinstance(control_guidance_start, list):
+                control_guidance_end = len(control_guidance_start) * [control_guidance_end]
+            elif not isinstance(control_guidance_start, list) and not isinstance(control_guidance_end, list):
+                mult = len(controlnet.nets) if isinstance(controlnet, MultiControlNetModel) else 1
+                control_guidance_start, control_guidance_end = (
+                    mult * [control_guidance_start],
+                    mult * [control_guidance_end],
+                )
+        self.check_inputs(
+            prompt=prompt,
+            prompt_2=prompt_2,
+            image=image,
+            callback_steps=None,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
 
-        self._guidance_scale = guidance_scale
-        self._clip_skip = clip_skip
+        # processors replaced by diffusers calls (slicing, IP-Adapter loading) are composed back, or refused
+        replaced: dict[str, Any] = {}
+        id_procs = sync_id_attention(self.unet, replaced)
+        saved_scales = {name: proc.scale for name, proc in id_procs.items()}
+        try:  # id_scale applies to this call only
+            if id_procs and id_scale is not None:
+                set_id_scale(self.unet, id_scale)
+            return self._generate(
+                id_procs=id_procs,
+                prompt=prompt,
+                prompt_2=prompt_2,
+                image=image,
+                faces=faces,
+                reference_images=reference_images,
+                id_embeds=id_embeds,
+                patch_tokens=patch_tokens,
+                reference_quality=reference_quality,
+                id_tokens=id_tokens,
+                landmark_image=landmark_image,
+                landmark_fn=landmark_fn,
+                target=target,
+                id_scale=id_scale,
+                control_scale=control_scale,
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                timesteps=timesteps,
+                sigmas=sigmas,
+                denoising_end=denoising_end,
+                guidance_scale=guidance_scale,
+                negative_prompt=negative_prompt,
+                negative_prompt_2=negative_prompt_2,
+                num_images_per_prompt=num_images_per_prompt,
+                eta=eta,
+                generator=generator,
+                latents=latents,
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds,
+                pooled_prompt_embeds=pooled_prompt_embeds,
+                negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                ip_adapter_image=ip_adapter_image,
+                ip_adapter_image_embeds=ip_adapter_image_embeds,
+                output_type=output_type,
+                return_dict=return_dict,
+                cross_attention_kwargs=cross_attention_kwargs,
+                controlnet_conditioning_scale=controlnet_conditioning_scale,
+                control_guidance_start=control_guidance_start,
+                control_guidance_end=control_guidance_end,
+                original_size=original_size,
+                crops_coords_top_left=crops_coords_top_left,
+                target_size=target_size,
+                negative_original_size=negative_original_size,
+                negative_crops_coords_top_left=negative_crops_coords_top_left,
+                negative_target_size=negative_target_size,
+                clip_skip=clip_skip,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                face_analyzer=face_analyzer,
+                matte_references=matte_references,
+            )
+        finally:
+            for name, proc in id_procs.items():
+                proc.scale = saved_scales[name]
+            restore_processors(self.unet, replaced)
+
+    def _generate(self, id_procs: dict[str, Any], **kw: Any) -> HiFiPortraitPipelineOutput | tuple:
+        """The body of :meth:`__call__` (its arguments, by name), run while the call's ID scale is set."""
+        prompt, prompt_2, prompt_embeds = kw["prompt"], kw["prompt_2"], kw["prompt_embeds"]
+        negative_prompt_embeds = kw["negative_prompt_embeds"]
+        pooled_prompt_embeds = kw["pooled_prompt_embeds"]
+        negative_pooled_prompt_embeds = kw["negative_pooled_prompt_embeds"]
+        faces, reference_images, id_embeds, id_tokens = (
+            kw["faces"],
+            kw["reference_images"],
+            kw["id_embeds"],
+            kw["id_tokens"],
+        )
+        landmark_image, control_scale, id_scale = kw["landmark_image"], kw["control_scale"], kw["id_scale"]
+        height, width, num_images_per_prompt = kw["height"], kw["width"], kw["num_images_per_prompt"]
+        image, generator, output_type = kw["image"], kw["generator"], kw["output_type"]
+        cross_attention_kwargs = kw["cross_attention_kwargs"]
+        callback_on_step_end = kw["callback_on_step_end"]
+        callback_on_step_end_tensor_inputs = kw["callback_on_step_end_tensor_inputs"]
+        controlnet_conditioning_scale = kw["controlnet_conditioning_scale"]
+        control_guidance_start, control_guidance_end = kw["control_guidance_start"], kw["control_guidance_end"]
+        controlnet = self.controlnet
+
+        self._guidance_scale = kw["guidance_scale"]
+        self._clip_skip = kw["clip_skip"]
         self._cross_attention_kwargs = cross_attention_kwargs
-        self._denoising_end = denoising_end
+        self._denoising_end = kw["denoising_end"]
         self._interrupt = False
 
         if prompt is not None and isinstance(prompt, str):
@@ -393,8 +597,8 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 device,
                 num_images_per_prompt,
                 do_cfg,
-                negative_prompt,
-                negative_prompt_2,
+                kw["negative_prompt"],
+                kw["negative_prompt_2"],
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_prompt_embeds,
                 pooled_prompt_embeds=pooled_prompt_embeds,
@@ -404,31 +608,35 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             )
         )
 
+        # 1b. IP-Adapter image embeddings (diffusers' IP-Adapter, composed with our ID attention)
+        image_embeds = None
+        if kw["ip_adapter_image"] is not None or kw["ip_adapter_image_embeds"] is not None:
+            image_embeds = self.prepare_ip_adapter_image_embeds(
+                kw["ip_adapter_image"], kw["ip_adapter_image_embeds"], device, total, do_cfg
+            )
+
         # 2. references -> ID tokens, once
         has_refs = any(x is not None for x in (faces, reference_images, id_embeds))
         if id_tokens is None and has_refs:
             if reference_images is not None and faces is None:
-                faces = self._analyze_images(reference_images, face_analyzer)
+                faces = self._analyze_images(reference_images, kw["face_analyzer"])
             id_tokens = self.encode_id_tokens(
                 faces=faces,
                 id_embeds=id_embeds,
-                patch_tokens=patch_tokens,
-                reference_quality=reference_quality,
-                matte_references=matte_references,
+                patch_tokens=kw["patch_tokens"],
+                reference_quality=kw["reference_quality"],
+                matte_references=kw["matte_references"],
                 device=device,
             )
-        ip_procs = get_id_attn_processors(self.unet)
-        if ip_procs and id_scale is not None:
-            set_id_scale(self.unet, id_scale)
         if id_scale is None:
-            id_scale = max((p.scale for p in ip_procs.values()), default=0.0)
+            id_scale = max((p.scale for p in id_procs.values()), default=0.0)
         tokens_cfg = None
-        if id_tokens is not None or ip_procs or self.hifi_net is not None:
+        if id_tokens is not None or id_procs or self.hifi_net is not None:
             if id_tokens is None:
-                t = next(iter(ip_procs.values())).num_tokens if ip_procs else 1
+                t = next(iter(id_procs.values())).num_tokens if id_procs else 1
                 tokens = torch.zeros(1, t, self.unet.config.cross_attention_dim, device=device)
-                if ip_procs and id_scale != 0:
-                    logger.warning("no references given: generating without identity (zero ID tokens)")
+                if id_procs and id_scale != 0:
+                    logger.warning("no references given: generating without identity")
             else:
                 tokens = id_tokens
             tokens = tokens.to(device=device, dtype=prompt_embeds.dtype)
@@ -442,12 +650,14 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 use_fn = uncond_fn is not None and id_tokens is not None
                 uncond = uncond_fn(tokens).to(tokens) if use_fn else torch.zeros_like(tokens)
                 tokens_cfg = torch.cat([uncond, tokens])
+        # the UNet sees ID tokens only when there are references: without, it is exactly the plain UNet
+        unet_tokens = bool(id_procs) and id_tokens is not None
 
         # 3. landmark map and extra ControlNet images
         landmark_pil = None
         hifi_active = self.hifi_net is not None and control_scale != 0
-        if landmark_image is None and landmark_fn is not None:
-            landmark_image = landmark_fn(faces, target)
+        if landmark_image is None and kw["landmark_fn"] is not None:
+            landmark_image = kw["landmark_fn"](faces, kw["target"])
         if hifi_active and landmark_image is None:
             raise ValueError(
                 "HiFi-Net needs a landmark map: pass landmark_image= (or landmark_fn=), or control_scale=0"
@@ -500,11 +710,11 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
 
         # 4. timesteps, latents
         timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, timesteps, sigmas
+            self.scheduler, kw["num_inference_steps"], device, kw["timesteps"], kw["sigmas"]
         )
         self._num_timesteps = len(timesteps)
         latents = self.prepare_latents(
-            total, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
+            total, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, kw["latents"]
         )
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
@@ -512,11 +722,11 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             timestep_cond = self.get_guidance_scale_embedding(
                 gs, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, kw["eta"])
 
         # 5. SDXL micro-conditioning
-        original_size = original_size or (height, width)
-        target_size = target_size or (height, width)
+        original_size = kw["original_size"] or (height, width)
+        target_size = kw["target_size"] or (height, width)
         add_text_embeds = pooled_prompt_embeds
         if self.text_encoder_2 is None:
             projection_dim = int(pooled_prompt_embeds.shape[-1])
@@ -524,16 +734,16 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             projection_dim = self.text_encoder_2.config.projection_dim
         add_time_ids = self._get_add_time_ids(
             original_size,
-            crops_coords_top_left,
+            kw["crops_coords_top_left"],
             target_size,
             dtype=prompt_embeds.dtype,
             text_encoder_projection_dim=projection_dim,
         )
-        if negative_original_size is not None and negative_target_size is not None:
+        if kw["negative_original_size"] is not None and kw["negative_target_size"] is not None:
             negative_add_time_ids = self._get_add_time_ids(
-                negative_original_size,
-                negative_crops_coords_top_left,
-                negative_target_size,
+                kw["negative_original_size"],
+                kw["negative_crops_coords_top_left"],
+                kw["negative_target_size"],
                 dtype=prompt_embeds.dtype,
                 text_encoder_projection_dim=projection_dim,
             )
@@ -546,12 +756,10 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         prompt_embeds = prompt_embeds.to(device)
         add_text_embeds = add_text_embeds.to(device)
         add_time_ids = add_time_ids.to(device).repeat(total, 1)
-        unet_states = append_id_tokens(prompt_embeds, tokens_cfg) if ip_procs else prompt_embeds
 
         # 6. HiFi-Net condition, once (independent of the noisy latent)
         hifi_condition = None
         if hifi_active:
-            _onload(self.hifi_net)
             hifi_condition = self.hifi_net.prepare_condition(cond_image, tokens_cfg)
 
         # 7. denoising loop
@@ -565,13 +773,32 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             num_inference_steps = len([ts for ts in timesteps if ts >= cutoff])
             timesteps = timesteps[:num_inference_steps]
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
+
+        def cond_half(x: Any) -> Any:
+            """The conditional half of a CFG batch (classifier-free guidance turned off by a callback)."""
+            if isinstance(x, HiFiNetCondition):
+                return x.select(slice(-total, None)) if x.features[0].shape[0] == 2 * total else x
+            if isinstance(x, (list, tuple)):
+                return type(x)(cond_half(v) for v in x)
+            return x[-total:] if torch.is_tensor(x) and x.shape[0] == 2 * total else x
+
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
+                if do_cfg and not self.do_classifier_free_guidance:  # re-read every step, as diffusers does
+                    do_cfg = False
+                    prompt_embeds, add_text_embeds, add_time_ids = cond_half(
+                        (prompt_embeds, add_text_embeds, add_time_ids)
+                    )
+                    tokens_cfg, hifi_condition = cond_half(tokens_cfg), cond_half(hifi_condition)
+                    extra_images, image_embeds = cond_half(extra_images), cond_half(image_embeds)
                 latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
                 added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
+                controlnet_added_cond_kwargs = added_cond_kwargs
+                if image_embeds is not None:
+                    added_cond_kwargs = {**added_cond_kwargs, "image_embeds": image_embeds}
 
                 down_res, mid_res = None, None
                 if hifi_condition is not None:
@@ -580,7 +807,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                         t,
                         condition=hifi_condition,
                         conditioning_scale=control_scale,
-                        added_cond_kwargs=added_cond_kwargs,
+                        added_cond_kwargs=controlnet_added_cond_kwargs,
                         return_dict=False,
                     )
                     # HiFi-Net may run in another dtype than the UNet (e.g. fp32 adapter, fp16 UNet)
@@ -601,7 +828,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                         controlnet_cond=cn_cond,
                         conditioning_scale=cn_scale,
                         guess_mode=False,
-                        added_cond_kwargs=added_cond_kwargs,
+                        added_cond_kwargs=controlnet_added_cond_kwargs,
                         return_dict=False,
                     )
                     if down_res is None:
@@ -613,7 +840,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 noise_pred = self.unet(
                     latent_model_input,
                     t,
-                    encoder_hidden_states=unet_states,
+                    encoder_hidden_states=with_id_tokens(prompt_embeds, tokens_cfg if unet_tokens else None),
                     timestep_cond=timestep_cond,
                     cross_attention_kwargs=self.cross_attention_kwargs,
                     down_block_additional_residuals=down_res,
@@ -623,7 +850,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 )[0]
                 if do_cfg:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+                    noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:
@@ -635,18 +862,21 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                         "add_time_ids": add_time_ids,
                         "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds,
                         "negative_add_time_ids": negative_add_time_ids,
-                        "image": cond_image,
+                        # as in diffusers' ControlNet pipeline: the (extra) ControlNet's condition image
+                        "image": cond_image
+                        if extra_images is None
+                        else (extra_images[0] if len(extra_images) == 1 else extra_images),
                     }
                     callback_outputs = callback_on_step_end(
                         self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs}
                     )
                     latents = callback_outputs.pop("latents", latents)
-                    new_prompt = callback_outputs.pop("prompt_embeds", None)
-                    if new_prompt is not None:
-                        prompt_embeds = new_prompt
-                        unet_states = append_id_tokens(prompt_embeds, tokens_cfg) if ip_procs else prompt_embeds
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                     add_text_embeds = callback_outputs.pop("add_text_embeds", add_text_embeds)
                     add_time_ids = callback_outputs.pop("add_time_ids", add_time_ids)
+                    new_image = callback_outputs.pop("image", None)
+                    if new_image is not None and extra_images is not None:
+                        extra_images = list(new_image) if isinstance(new_image, (list, tuple)) else [new_image]
                 if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
                     progress_bar.update()
 
@@ -674,6 +904,6 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             images = latents
 
         self.maybe_free_model_hooks()
-        if not return_dict:
+        if not kw["return_dict"]:
             return (images, landmark_pil)
         return HiFiPortraitPipelineOutput(images=images, landmark_images=landmark_pil, id_tokens=id_tokens)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hifi_portrait.models.id_attention import IDAttnProcessor, append_id_tokens
+from hifi_portrait.models.id_attention import IDAttnProcessor, with_id_tokens
 
 
 class HiFiPortraitTrainingModel(nn.Module):
@@ -93,7 +93,7 @@ class HiFiPortraitTrainingModel(nn.Module):
             added_cond_kwargs=added_cond_kwargs,
             return_dict=False,
         )
-        encoder_hidden_states = append_id_tokens(prompt_embeds.to(unet_dtype), tokens.to(unet_dtype))
+        encoder_hidden_states = with_id_tokens(prompt_embeds.to(unet_dtype), tokens.to(unet_dtype))
         return self.unet(
             noisy_latents.to(unet_dtype),
             timesteps,
