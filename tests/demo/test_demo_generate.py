@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hifi_portrait.demo import WeightsConfig, build_demo
+from hifi_portrait.demo.callbacks import BLENDSHAPE_SLIDERS
 
 torch.set_num_threads(1)
 
@@ -39,7 +40,7 @@ def test_generate_with_weights_from_files(weight_files, mixed_view, analyzer, la
     assert _props(demo, "weights-status")["visible"] is False
     assert _props(demo, "generate")["interactive"] is True
     generate = _api_fn(demo, "generate")
-    sliders = [0.0] * 6
+    sliders = [0.0] * len(BLENDSHAPE_SLIDERS)
 
     def run(yaw=0.0, seed=1):
         return generate(
@@ -72,5 +73,20 @@ def test_generate_without_references_says_what_to_do(weight_files, analyzer, lan
     demo = build_demo(analyzer, landmark_backend, weights=weight_files, generation_size=(64, 64))
     with pytest.raises(Exception, match="upload photos"):
         _api_fn(demo, "generate")(
-            None, "hifi", "sliders", None, "p", "", 0, 2, 1.0, 1.0, 0, 0, 0, "neutral", 1.0, *[0.0] * 6
+            None,
+            "hifi",
+            "sliders",
+            None,
+            "p",
+            "",
+            0,
+            2,
+            1.0,
+            1.0,
+            0,
+            0,
+            0,
+            "neutral",
+            1.0,
+            *[0.0] * len(BLENDSHAPE_SLIDERS),
         )
