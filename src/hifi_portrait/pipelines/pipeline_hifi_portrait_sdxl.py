@@ -52,7 +52,13 @@ from hifi_portrait.loaders.hifi_portrait_loader import (
 )
 from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetCondition, HiFiNetModel
-from hifi_portrait.models.id_attention import restore_processors, set_id_scale, sync_id_attention, with_id_tokens
+from hifi_portrait.models.id_attention import (
+    RegionalIDTokens,
+    restore_processors,
+    set_id_scale,
+    sync_id_attention,
+    with_id_tokens,
+)
 from hifi_portrait.pipelines.pipeline_output import HiFiPortraitPipelineOutput
 
 logger = logging.getLogger(__name__)
@@ -360,14 +366,71 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             None if quality is None else quality.to(device),
         )
 
+    def _regional_tokens(
+        self,
+        id_tokens: Any,
+        regions: Any,
+        total: int,
+        do_cfg: bool,
+        prompt_embeds: torch.Tensor,
+        device: torch.device,
+    ) -> RegionalIDTokens:
+        """Per-person ID tokens + region masks -> the :class:`RegionalIDTokens` of the CFG batch (zero tokens,
+        or the refiner's own unconditional tokens, in the unconditional half), masks at latent resolution."""
+        if not isinstance(id_tokens, (list, tuple)) or not id_tokens or regions is None:
+            raise ConfigError(
+                "a group portrait needs id_tokens=[tokens of person 1, ...] (one (1, T, D) tensor per person) and "
+                "id_regions= (P, H, W) masks, one per person"
+            )
+        masks = torch.as_tensor(np.asarray(regions) if not torch.is_tensor(regions) else regions).float()
+        if masks.ndim != 3 or masks.shape[0] != len(id_tokens):
+            raise ConfigError(
+                f"id_regions of shape {tuple(masks.shape)} for {len(id_tokens)} people: give (P, H, W) masks, one "
+                "per person"
+            )
+        if masks.max() > 1:
+            masks = masks / 255.0
+        uncond_fn = getattr(self.face_refiner, "unconditional_tokens", None)
+        people = []
+        for tokens in id_tokens:
+            tokens = torch.as_tensor(tokens).to(device=device, dtype=prompt_embeds.dtype)
+            if tokens.ndim == 2:
+                tokens = tokens[None]
+            if tokens.shape[0] == 1:
+                tokens = tokens.expand(total, -1, -1)
+            elif tokens.shape[0] != total:
+                raise ValueError(f"id_tokens batch {tokens.shape[0]} is neither 1 nor batch x images ({total})")
+            if do_cfg:
+                uncond = uncond_fn(tokens).to(tokens) if uncond_fn is not None else torch.zeros_like(tokens)
+                tokens = torch.cat([uncond, tokens])
+            people.append(tokens)
+        return RegionalIDTokens(people, masks[None].to(device))
+
+    def _latent_regions(self, regional: RegionalIDTokens, height: int, width: int) -> RegionalIDTokens:
+        """Region masks given at image resolution -> latent resolution (fraction of each 8x8 block covered)."""
+        lat = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        masks = regional.masks
+        if tuple(masks.shape[-2:]) == lat:
+            return regional
+        if tuple(masks.shape[-2:]) != (height, width):
+            raise ConfigError(
+                f"id_regions are {tuple(masks.shape[-2:])} but the image is {height}x{width} (latent {lat[0]}x"
+                f"{lat[1]}): give the masks at the image or the latent resolution"
+            )
+        f = self.vae_scale_factor
+        return RegionalIDTokens(regional.tokens, torch.nn.functional.avg_pool2d(masks, f, f))
+
     def _controlnet_hidden_states(
-        self, text: torch.Tensor, id_tokens: torch.Tensor | None
+        self, text: torch.Tensor, id_tokens: torch.Tensor | RegionalIDTokens | None
     ) -> torch.Tensor | list[torch.Tensor]:
         """What the extra ControlNet(s) cross-attend to, by ``self.controlnet_context``: ``"text"`` (default) or
         ``"id_tokens"`` (InstantID's IdentityNet, hifi_portrait.loaders.instantid), or a list with one of these per
         net of a :class:`~hifi_portrait.pipelines.multi_controlnet.MultiContextControlNetModel` (InstantID +
         OpenPose: ``["id_tokens", "text"]``)."""
         context = self.controlnet_context
+
+        if isinstance(id_tokens, RegionalIDTokens):  # IdentityNet: every person's tokens, side by side
+            id_tokens = torch.cat(id_tokens.tokens, dim=1)
 
         def pick(name: str) -> torch.Tensor:
             return id_tokens if name == "id_tokens" and id_tokens is not None else text
@@ -386,7 +449,8 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         id_embeds: torch.Tensor | None = None,
         patch_tokens: torch.Tensor | None = None,
         reference_quality: torch.Tensor | Sequence[float] | None = None,
-        id_tokens: torch.Tensor | None = None,
+        id_tokens: torch.Tensor | list[torch.Tensor] | None = None,
+        id_regions: torch.Tensor | np.ndarray | None = None,
         landmark_image: PipelineImageInput | None = None,
         landmark_fn: Callable[[Sequence[Any] | None, Any], PipelineImageInput] | None = None,
         target: Any = None,
@@ -436,6 +500,10 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             faces / reference_images / id_embeds (+ patch_tokens, reference_quality): the references of one
                 person, see :meth:`encode_id_tokens`; or id_tokens ``(1, T, D)`` computed before.
                 Without any, no identity is injected (zero ID tokens).
+                Group portraits: ``id_tokens`` a list with one ``(1, T, D)`` tensor per person and ``id_regions``
+                their ``(P, H, W)`` region masks (image or latent resolution, values in ``[0, 1]``): each person's
+                tokens act only inside its region, in the UNet's ID attention and HiFi-Net's ID alignment
+                (see :func:`hifi_portrait.group.generate_group`, which makes both from references and a layout).
             landmark_image: the landmark map (PIL, ``(H, W, 3)`` uint8 array, or ``(3, H, W)`` tensor in
                 ``[0, 1]``); sets the output size unless height/width are given.
             landmark_fn: ``landmark_fn(faces, target) -> landmark map``, called once when landmark_image is None
@@ -503,6 +571,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 patch_tokens=patch_tokens,
                 reference_quality=reference_quality,
                 id_tokens=id_tokens,
+                id_regions=id_regions,
                 landmark_image=landmark_image,
                 landmark_fn=landmark_fn,
                 target=target,
@@ -631,7 +700,15 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         if id_scale is None:
             id_scale = max((p.scale for p in id_procs.values()), default=0.0)
         tokens_cfg = None
-        if id_tokens is not None or id_procs or self.hifi_net is not None:
+        regional = isinstance(id_tokens, (list, tuple)) or kw["id_regions"] is not None
+        if regional:
+            if has_refs:
+                raise ConfigError(
+                    "a group portrait takes its people as id_tokens=[...] with id_regions=; encode each person's "
+                    "references with pipe.encode_id_tokens (or use hifi_portrait.group.generate_group)"
+                )
+            tokens_cfg = self._regional_tokens(id_tokens, kw["id_regions"], total, do_cfg, prompt_embeds, device)
+        elif id_tokens is not None or id_procs or self.hifi_net is not None:
             if id_tokens is None:
                 t = next(iter(id_procs.values())).num_tokens if id_procs else 1
                 tokens = torch.zeros(1, t, self.unet.config.cross_attention_dim, device=device)
@@ -708,6 +785,9 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
 
+        if isinstance(tokens_cfg, RegionalIDTokens):
+            tokens_cfg = self._latent_regions(tokens_cfg, height, width)
+
         # 4. timesteps, latents
         timesteps, num_inference_steps = retrieve_timesteps(
             self.scheduler, kw["num_inference_steps"], device, kw["timesteps"], kw["sigmas"]
@@ -780,6 +860,8 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 return x.select(slice(-total, None)) if x.features[0].shape[0] == 2 * total else x
             if isinstance(x, (list, tuple)):
                 return type(x)(cond_half(v) for v in x)
+            if isinstance(x, RegionalIDTokens):
+                return x.select(slice(-total, None)) if x.tokens[0].shape[0] == 2 * total else x
             return x[-total:] if torch.is_tensor(x) and x.shape[0] == 2 * total else x
 
         with self.progress_bar(total=num_inference_steps) as progress_bar:
