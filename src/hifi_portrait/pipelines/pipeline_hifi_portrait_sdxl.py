@@ -503,7 +503,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 Group portraits: ``id_tokens`` a list with one ``(1, T, D)`` tensor per person and ``id_regions``
                 their ``(P, H, W)`` region masks (image or latent resolution, values in ``[0, 1]``): each person's
                 tokens act only inside its region, in the UNet's ID attention and HiFi-Net's ID alignment
-                (see :func:`hifi_portrait.group.generate_group`, which makes both from references and a layout).
+                (:func:`hifi_portrait.pipelines.group.generate_group` makes both from references and a layout).
             landmark_image: the landmark map (PIL, ``(H, W, 3)`` uint8 array, or ``(3, H, W)`` tensor in
                 ``[0, 1]``); sets the output size unless height/width are given.
             landmark_fn: ``landmark_fn(faces, target) -> landmark map``, called once when landmark_image is None
@@ -705,7 +705,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             if has_refs:
                 raise ConfigError(
                     "a group portrait takes its people as id_tokens=[...] with id_regions=; encode each person's "
-                    "references with pipe.encode_id_tokens (or use hifi_portrait.group.generate_group)"
+                    "references with pipe.encode_id_tokens (or use hifi_portrait.pipelines.group.generate_group)"
                 )
             tokens_cfg = self._regional_tokens(id_tokens, kw["id_regions"], total, do_cfg, prompt_embeds, device)
         elif id_tokens is not None or id_procs or self.hifi_net is not None:
