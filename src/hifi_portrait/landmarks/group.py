@@ -130,8 +130,9 @@ def auto_layout(
 
     Each person's region (module docstring) gets a slot ``REGION_WIDTH`` face heights wide; the face size is the
     largest for which every slot fits the canvas width (with gaps) and every region its height; all faces are centred
-    on one line, the region of the largest reaching ``pad`` from the top. Face boxes are as wide as high (the
-    projected face is fitted inside: its height fills the box for poses within about +-60 degrees of yaw).
+    on one line, the region of the largest centred vertically (at least ``pad`` from the top). Face boxes are as
+    wide as high (the projected face is fitted inside: its height fills the box for poses within about +-60 degrees
+    of yaw).
     """
     if not 1 <= n <= MAX_AUTO_PEOPLE:
         raise LandmarkError(
@@ -149,7 +150,7 @@ def auto_layout(
     heights = rel * unit
     used = REGION_WIDTH * heights.sum() + gap * (n - 1)
     x = (w - used) / 2
-    cy = pad * h + REGION_ABOVE * unit
+    cy = max(pad * h, (h - (REGION_ABOVE + REGION_BELOW) * unit) / 2) + REGION_ABOVE * unit  # centred vertically
     placements = []
     for fh in heights:
         cx = x + REGION_WIDTH * fh / 2

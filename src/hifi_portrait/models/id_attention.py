@@ -220,6 +220,8 @@ def with_id_tokens(
             )
     if isinstance(id_tokens, RegionalIDTokens):
         n = prompt_embeds.shape[0]
+        if all(t.shape[0] == n and t.dtype == prompt_embeds.dtype for t in people):
+            return (prompt_embeds, [id_tokens])  # the same object at every step: its resized masks stay cached
         return (
             prompt_embeds,
             [RegionalIDTokens([t.to(prompt_embeds.dtype).expand(n, -1, -1) for t in people], id_tokens.masks)],
