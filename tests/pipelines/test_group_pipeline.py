@@ -100,3 +100,60 @@ def test_generate_group_api_on_real_photos(pipe):
         generate_group(pipe, [Person(), Person()], prompt="x", size=(128, 64))
     with pytest.raises(ConfigError, match="by generate_group"):
         generate_group(pipe, people, prompt="x", size=(128, 64), id_tokens=[1])
+
+
+@pytest.fixture(scope="module")
+def instantid_pipe(tmp_path_factory):
+    """A tiny InstantID pipeline (random checkpoint in InstantID's layout, converted; a random IdentityNet)."""
+    from hifi_portrait.loaders.instantid import convert_instantid_checkpoint, instantid_ip_layers, load_instantid
+    from hifi_portrait.models.instantid_projection import InstantIDImageProjection
+    from hifi_portrait.utils.testing import get_dummy_controlnet, get_dummy_unet
+
+    root = tmp_path_factory.mktemp("instantid_group")
+    torch.manual_seed(0)
+    proj = InstantIDImageProjection(num_tokens=4, output_dim=64, hidden_dim=32, num_layers=2, num_heads=2, ff_mult=2)
+    randomize_(proj, seed=1, std=0.1)
+    unet = get_dummy_unet()
+    modules = dict(unet.named_modules())
+    ip = {}
+    for i, layer in instantid_ip_layers(unet).items():
+        shape = (modules[layer].to_k.out_features, modules[layer].to_k.in_features)
+        ip[f"{i}.to_k_ip.weight"], ip[f"{i}.to_v_ip.weight"] = torch.randn(shape) * 0.2, torch.randn(shape) * 0.2
+    torch.save({"image_proj": proj.state_dict(), "ip_adapter": ip}, root / "ip-adapter.bin")
+    converted = convert_instantid_checkpoint(root / "ip-adapter.bin", root / "ip-adapter.safetensors")
+    pipe = StableDiffusionXLHiFiPortraitPipeline(
+        **get_dummy_components(with_image_encoder=False), add_watermarker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    load_instantid(pipe, converted, controlnet=get_dummy_controlnet(get_dummy_unet(), seed=3), id_scale=0.8)
+    return pipe
+
+
+def test_instantid_mode_routes_identitynet_per_person(instantid_pipe):
+    """InstantID mode: IdentityNet runs once per person (its keypoints, its tokens) and its residuals are masked
+    by the person's region, like the UNet's ID attention. A full-canvas A with an empty B equals InstantID on A
+    alone, bit for bit (B's tokens and keypoints then change nothing); with real regions B's inputs do act."""
+    from hifi_portrait.landmarks import IdentityShape, make_target
+    from hifi_portrait.landmarks.group import layout_group, render_group
+
+    pipe = instantid_pipe
+    g = torch.Generator().manual_seed(0)
+    a = pipe.encode_id_tokens(id_embeds=torch.randn(2, 512, generator=g) * 4)
+    b = pipe.encode_id_tokens(id_embeds=torch.randn(1, 512, generator=g) * 4)
+    shape = IdentityShape.canonical()
+    group = layout_group([shape, shape], [make_target(yaw=20), make_target(yaw=-20)], size=(128, 64))
+    maps = [render_group([p], "instantid") for p in group.people]
+    every = group.render("instantid")
+    one = run(pipe, id_tokens=a, image=maps[0])
+    full = np.stack([np.ones((64, 128), np.float32), np.zeros((64, 128), np.float32)])
+    two = run(pipe, id_tokens=[a, b], id_regions=full, image=every, id_region_images=maps)
+    np.testing.assert_array_equal(two, one)
+    swapped = run(pipe, id_tokens=[a, b * 2], id_regions=full, image=every, id_region_images=[maps[0], maps[0]])
+    np.testing.assert_array_equal(swapped, one)
+    real = run(pipe, id_tokens=[a, b], id_regions=group.regions, image=every, id_region_images=maps)
+    real_b = run(pipe, id_tokens=[a, b * 2], id_regions=group.regions, image=every, id_region_images=maps)
+    assert np.abs(real - real_b).max() > 1e-4 and np.abs(real - one).max() > 1e-4
+    with pytest.raises(ConfigError, match="one per person"):
+        run(pipe, id_tokens=[a, b], id_regions=group.regions, image=every, id_region_images=maps[:1])
+    with pytest.raises(ConfigError, match="group portraits"):
+        run(pipe, id_tokens=a, image=every, id_region_images=maps)

@@ -14,10 +14,10 @@ Per person: its references are analysed, its 3D face shape fitted and its ID tok
 one landmark map and gives each person a region; the pipeline routes each person's ID tokens to its region only
 (UNet ID attention and HiFi-Net's ID alignment, :class:`hifi_portrait.models.RegionalIDTokens`).
 
-InstantID mode (a pipeline from :func:`hifi_portrait.loaders.instantid.load_instantid`): the map is InstantID's
-keypoint drawing of every face (IdentityNet's condition) and the UNet's ID attention is masked the same way;
-IdentityNet itself cross-attends to every person's tokens side by side (it has no spatial routing). Give each
-person's ``id_embeds`` (+ ``reference_quality``) from :func:`~hifi_portrait.loaders.instantid.instantid_embeddings`.
+InstantID mode (a pipeline from :func:`hifi_portrait.loaders.instantid.load_instantid`): IdentityNet runs once per
+person, on that person's keypoints and tokens, and its residuals are multiplied by the person's region
+(``id_region_images``); the UNet's ID attention is masked as above. Give each person's ``id_embeds``
+(+ ``reference_quality``) from :func:`~hifi_portrait.loaders.instantid.instantid_embeddings`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from hifi_portrait.errors import ConfigError, LandmarkError
 from hifi_portrait.landmarks.generate import Placement, TargetAttributes
-from hifi_portrait.landmarks.group import GroupLayout, layout_group
+from hifi_portrait.landmarks.group import GroupLayout, layout_group, render_group
 
 __all__ = ["GroupPortraits", "Person", "generate_group", "is_instantid"]
 
@@ -173,8 +173,9 @@ def generate_group(
 
     width, height = size
     call = dict(prompt=prompt, id_tokens=tokens, id_regions=group.regions, height=height, width=width)
-    if instantid:
+    if instantid:  # IdentityNet runs once per person, on its own keypoints, routed to its region
         call["image"] = landmark_map
+        call["id_region_images"] = [render_group([gen], style) for gen in group.people]
     else:
         call["landmark_image"] = landmark_map
     out = pipe(**call, **pipe_kwargs)

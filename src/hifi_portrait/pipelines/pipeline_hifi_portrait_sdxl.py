@@ -54,6 +54,7 @@ from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetCondition, HiFiNetModel
 from hifi_portrait.models.id_attention import (
     RegionalIDTokens,
+    region_masks_at,
     restore_processors,
     set_id_scale,
     sync_id_attention,
@@ -420,6 +421,60 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         f = self.vae_scale_factor
         return RegionalIDTokens(regional.tokens, torch.nn.functional.avg_pool2d(masks, f, f))
 
+    def _person_images(
+        self, images: Any, tokens_cfg: Any, width: int, height: int, total: int, per_prompt: int, device, do_cfg: bool
+    ) -> list[torch.Tensor]:
+        """``id_region_images``, checked and prepared like the ControlNet's condition image."""
+        controlnet = self.controlnet
+        context = self.controlnet_context
+        if not isinstance(tokens_cfg, RegionalIDTokens):
+            raise ConfigError("id_region_images is for group portraits: give id_tokens=[...] and id_regions= too")
+        if controlnet is None or isinstance(controlnet, MultiControlNetModel) or context != "id_tokens":
+            raise ConfigError(
+                "id_region_images needs one ControlNet that reads the ID tokens (InstantID's IdentityNet, "
+                "pipe.controlnet_context == 'id_tokens'); extra ControlNets beside it are not routed per person"
+            )
+        if len(images) != tokens_cfg.num_people:
+            raise ConfigError(f"{len(images)} id_region_images for {tokens_cfg.num_people} people: one per person")
+        return [
+            self.prepare_image(
+                image=img,
+                width=width,
+                height=height,
+                batch_size=total,
+                num_images_per_prompt=per_prompt,
+                device=device,
+                dtype=controlnet.dtype,
+                do_classifier_free_guidance=do_cfg,
+            )
+            for img in images
+        ]
+
+    def _regional_controlnet(self, x, t, regional: RegionalIDTokens, images, scale, added_cond_kwargs):
+        """The ControlNet once per person (its tokens, its image), residuals times the person's region, summed.
+
+        A person whose region is empty is not run; ``(None, None)`` when no one has a region."""
+        down, mid = None, None
+        for p, (tokens, image) in enumerate(zip(regional.tokens, images, strict=True)):
+            mask = regional.masks[:, p : p + 1].float()
+            if not bool((mask > 0).any()):
+                continue
+            d, m = self.controlnet(
+                x,
+                t,
+                encoder_hidden_states=tokens,
+                controlnet_cond=image,
+                conditioning_scale=scale,
+                guess_mode=False,
+                added_cond_kwargs=added_cond_kwargs,
+                return_dict=False,
+            )
+            d = [r * region_masks_at(mask, tuple(r.shape[-2:])).to(r) for r in d]
+            m = m * region_masks_at(mask, tuple(m.shape[-2:])).to(m)
+            down = d if down is None else [a + b for a, b in zip(down, d, strict=True)]
+            mid = m if mid is None else mid + m
+        return down, mid
+
     def _controlnet_hidden_states(
         self, text: torch.Tensor, id_tokens: torch.Tensor | RegionalIDTokens | None
     ) -> torch.Tensor | list[torch.Tensor]:
@@ -451,6 +506,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         reference_quality: torch.Tensor | Sequence[float] | None = None,
         id_tokens: torch.Tensor | list[torch.Tensor] | None = None,
         id_regions: torch.Tensor | np.ndarray | None = None,
+        id_region_images: list[PipelineImageInput] | None = None,
         landmark_image: PipelineImageInput | None = None,
         landmark_fn: Callable[[Sequence[Any] | None, Any], PipelineImageInput] | None = None,
         target: Any = None,
@@ -504,6 +560,11 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 their ``(P, H, W)`` region masks (image or latent resolution, values in ``[0, 1]``): each person's
                 tokens act only inside its region, in the UNet's ID attention and HiFi-Net's ID alignment
                 (:func:`hifi_portrait.pipelines.group.generate_group` makes both from references and a layout).
+            id_region_images: group portraits with a ControlNet that reads the ID tokens (InstantID's IdentityNet):
+                one condition image per person (its own keypoints). The ControlNet then runs once per person with
+                that person's tokens and image, and each run's residuals are multiplied by the person's region
+                (resized to each residual), so IdentityNet is routed per person too. ``image`` still gives the
+                size (the map of everyone).
             landmark_image: the landmark map (PIL, ``(H, W, 3)`` uint8 array, or ``(3, H, W)`` tensor in
                 ``[0, 1]``); sets the output size unless height/width are given.
             landmark_fn: ``landmark_fn(faces, target) -> landmark map``, called once when landmark_image is None
@@ -572,6 +633,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 reference_quality=reference_quality,
                 id_tokens=id_tokens,
                 id_regions=id_regions,
+                id_region_images=id_region_images,
                 landmark_image=landmark_image,
                 landmark_fn=landmark_fn,
                 target=target,
@@ -787,6 +849,11 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
 
         if isinstance(tokens_cfg, RegionalIDTokens):
             tokens_cfg = self._latent_regions(tokens_cfg, height, width)
+        person_images = None
+        if kw["id_region_images"] is not None:
+            person_images = self._person_images(
+                kw["id_region_images"], tokens_cfg, width, height, total, num_images_per_prompt, device, do_cfg
+            )
 
         # 4. timesteps, latents
         timesteps, num_inference_steps = retrieve_timesteps(
@@ -874,6 +941,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                         (prompt_embeds, add_text_embeds, add_time_ids)
                     )
                     tokens_cfg, hifi_condition = cond_half(tokens_cfg), cond_half(hifi_condition)
+                    person_images = cond_half(person_images)
                     extra_images, image_embeds = cond_half(extra_images), cond_half(image_embeds)
                 latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
@@ -903,19 +971,24 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                     scales = [c * k for c, k in zip(controlnet_conditioning_scale, keep, strict=True)]
                     cn_cond = extra_images if isinstance(controlnet, MultiControlNetModel) else extra_images[0]
                     cn_scale = scales if isinstance(controlnet, MultiControlNetModel) else scales[0]
-                    d, m = controlnet(
-                        latent_model_input,
-                        t,
-                        encoder_hidden_states=self._controlnet_hidden_states(prompt_embeds, tokens_cfg),
-                        controlnet_cond=cn_cond,
-                        conditioning_scale=cn_scale,
-                        guess_mode=False,
-                        added_cond_kwargs=controlnet_added_cond_kwargs,
-                        return_dict=False,
-                    )
-                    if down_res is None:
-                        down_res, mid_res = d, m
+                    if person_images is not None:
+                        d, m = self._regional_controlnet(
+                            latent_model_input, t, tokens_cfg, person_images, cn_scale, controlnet_added_cond_kwargs
+                        )
                     else:
+                        d, m = controlnet(
+                            latent_model_input,
+                            t,
+                            encoder_hidden_states=self._controlnet_hidden_states(prompt_embeds, tokens_cfg),
+                            controlnet_cond=cn_cond,
+                            conditioning_scale=cn_scale,
+                            guess_mode=False,
+                            added_cond_kwargs=controlnet_added_cond_kwargs,
+                            return_dict=False,
+                        )
+                    if down_res is None:  # (d is None only when every person's region is empty)
+                        down_res, mid_res = d, m
+                    elif d is not None:
                         down_res = [a + b for a, b in zip(down_res, d, strict=True)]
                         mid_res = mid_res + m
 
