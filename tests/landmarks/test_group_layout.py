@@ -62,11 +62,11 @@ def test_auto_layout_gives_disjoint_regions_of_requested_sizes_and_commanded_pos
     # regions are scaled copies (in face heights): areas in the ratio of the squared requested sizes
     area_ratio = areas / areas[0]
     want = (np.asarray(rel) / rel[0]) ** 2
-    assert np.abs(area_ratio / want - 1).max() < 0.03, (area_ratio, want)
-    # requested relative sizes of the faces themselves (projected forehead-to-chin), within 4 % (yaw shrinks a
-    # little the height of the face fitted in its box)
+    assert np.abs(area_ratio / want - 1).max() < 0.01, (area_ratio, want)  # measured <= 0.0012 (rasterisation)
+    # requested relative sizes of the faces themselves (projected forehead-to-chin height): the box fit makes the
+    # face fill its box's height for these poses (measured error < 1e-4)
     heights = np.array([_face_height(g) for g in layout.people])
-    assert np.abs((heights / heights[0]) / (np.asarray(rel) / rel[0]) - 1).max() < 0.04, heights
+    assert np.abs((heights / heights[0]) / (np.asarray(rel) / rel[0]) - 1).max() < 0.01, heights
     # each face inside its own region, at its commanded pose read back by PnP (global, no initial guess)
     for i, (gen, target) in enumerate(zip(layout.people, TARGETS[:n], strict=True)):
         pts = np.round(gen.points2d[: M.NUM_MESH]).astype(int)
