@@ -68,6 +68,8 @@ def test_group_inputs_are_checked(pipe, tokens, landmark_map):
     a, b = tokens
     with pytest.raises(ConfigError, match="one per person"):
         run(pipe, id_tokens=[a, b], id_regions=np.ones((3, 64, 64)), landmark_image=landmark_map)
+    with pytest.raises(ConfigError, match="non-negative"):
+        run(pipe, id_tokens=[a, b], id_regions=-np.ones((2, 64, 64)), landmark_image=landmark_map)
     with pytest.raises(ConfigError, match="image or the latent"):
         run(pipe, id_tokens=[a, b], id_regions=np.ones((2, 48, 48)), landmark_image=landmark_map)
     with pytest.raises(ConfigError, match="encode_id_tokens"):

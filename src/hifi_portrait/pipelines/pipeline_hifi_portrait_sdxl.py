@@ -389,8 +389,12 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 f"id_regions of shape {tuple(masks.shape)} for {len(id_tokens)} people: give (P, H, W) masks, one "
                 "per person"
             )
-        if masks.max() > 1:
+        if not bool(torch.isfinite(masks).all()) or masks.min() < 0:
+            raise ConfigError("id_regions must be finite and non-negative: 0 = not this person, 1 = this person")
+        if masks.max() > 1:  # uint8 masks (0..255)
             masks = masks / 255.0
+        if masks.max() > 1:
+            raise ConfigError("id_regions must be in [0, 1] (or 0..255 for 8-bit masks)")
         uncond_fn = getattr(self.face_refiner, "unconditional_tokens", None)
         people = []
         for tokens in id_tokens:
