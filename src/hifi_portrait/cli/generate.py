@@ -226,7 +226,7 @@ SWEEP_RANGES = {"yaw": (-45.0, 45.0), "pitch": (-20.0, 20.0), "roll": (-20.0, 20
 
 
 def generate(
-    refs: list[Path] = typer.Argument(..., help="Reference photos of one person (1 to ~8)."),
+    refs: list[Path] = typer.Argument(None, help="Reference photos of one person (1 to ~8)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text prompt."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     base: str | None = typer.Option(
@@ -303,6 +303,24 @@ def generate(
     sweep_steps: int = typer.Option(
         5, help="Angles in a yaw/pitch/roll sweep (the expression sweep uses every preset)."
     ),
+    person: list[Path] = typer.Option(
+        [],
+        "--person",
+        help="Group portrait: one person's reference photos (a folder, or one photo). Repeat per person (2 or more); "
+        "replaces the REFS argument. See docs/group_portraits.md.",
+    ),
+    layout: str | None = typer.Option(
+        None,
+        help="Group portrait: 'auto' (2-4 people side by side, default) or one box per person, "
+        "'x1,y1,x2,y2;x1,y1,x2,y2' in pixels.",
+    ),
+    person_target: list[str] = typer.Option(
+        [],
+        "--person-target",
+        help="Group portrait: one per --person, in order, e.g. 'yaw=20;pitch=-5;expression=smile:0.6;size=0.8' "
+        "(size: face size relative to the others in the auto layout); unset values take --yaw/--pitch/--roll/"
+        "--expression.",
+    ),
 ) -> None:
     """Generate identity-preserving portraits of the person in REFS with the requested pose and expression.
 
@@ -318,7 +336,15 @@ def generate(
     file sizes, licences, VRAM: docs/recipes.md.
     """
     with user_errors():
-        _run(locals())
+        opt = locals()
+        if opt["person"] or opt["layout"] is not None or opt["person_target"]:
+            from hifi_portrait.cli.group import run_group
+
+            run_group(opt)
+        else:
+            if not opt["refs"]:
+                raise ConfigError("give the reference photos of the person (REFS), or --person DIR per person")
+            _run(opt)
 
 
 def parse_controlnets(specs: Sequence[str], scales: Sequence[float]) -> list[tuple[str, Path, float]]:

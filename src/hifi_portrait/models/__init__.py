@@ -5,9 +5,11 @@ from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetCondition, HiFiNetModel, HiFiNetOutput
 from hifi_portrait.models.id_attention import (
     IDAttnProcessor,
+    RegionalIDTokens,
     get_id_attn_processors,
     id_attention_layer_names,
     install_id_attention,
+    region_masks_at,
     remove_id_attention,
     set_id_scale,
     split_token_sets,
@@ -21,9 +23,11 @@ __all__ = [
     "HiFiNetModel",
     "HiFiNetOutput",
     "IDAttnProcessor",
+    "RegionalIDTokens",
     "get_id_attn_processors",
     "id_attention_layer_names",
     "install_id_attention",
+    "region_masks_at",
     "remove_id_attention",
     "set_id_scale",
     "split_token_sets",

@@ -42,6 +42,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
+from hifi_portrait.models.id_attention import RegionalIDTokens, region_masks_at
+
 __all__ = ["HiFiNetCondition", "HiFiNetModel", "HiFiNetOutput"]
 
 
@@ -68,17 +70,21 @@ class HiFiNetCondition:
     Attributes:
         features: per resolution level, ``(B, c_i, h_i, w_i)`` landmark features aligned with the ID tokens
             (``c_i``: the branch's width where it enters level i).
-        id_kv: per per-step attention layer (in execution order), ``(key, value)`` each ``(B, heads, T, d)``.
+        id_kv: per per-step attention layer (in execution order), ``(key, value)`` each ``(B, heads, T, d)``;
+            ``(B, P, heads, T, d)`` for a group portrait (P people).
+        regions: ``(B or 1, P, h, w)`` region masks at latent resolution for a group portrait, else None.
     """
 
     features: tuple[torch.Tensor, ...]
     id_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    regions: torch.Tensor | None = None
 
     def to(self, *args, **kwargs) -> HiFiNetCondition:
         """Same condition with every tensor passed through ``Tensor.to(*args, **kwargs)``."""
         return HiFiNetCondition(
             features=tuple(f.to(*args, **kwargs) for f in self.features),
             id_kv=tuple((k.to(*args, **kwargs), v.to(*args, **kwargs)) for k, v in self.id_kv),
+            regions=None if self.regions is None else self.regions.to(*args, **kwargs),
         )
 
     def select(self, index: slice) -> HiFiNetCondition:
@@ -86,6 +92,7 @@ class HiFiNetCondition:
         return HiFiNetCondition(
             features=tuple(f[index] for f in self.features),
             id_kv=tuple((k[index], v[index]) for k, v in self.id_kv),
+            regions=self.regions if self.regions is None or self.regions.shape[0] == 1 else self.regions[index],
         )
 
     def repeat_to(self, batch: int) -> HiFiNetCondition:
@@ -97,7 +104,8 @@ class HiFiNetCondition:
             raise ValueError(f"HiFi-Net condition has batch {cur}, the latent has {batch}")
         return HiFiNetCondition(
             features=tuple(f.expand(batch, -1, -1, -1) for f in self.features),
-            id_kv=tuple((k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.id_kv),
+            id_kv=tuple((k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:])) for k, v in self.id_kv),
+            regions=self.regions,
         )
 
 
@@ -121,10 +129,28 @@ class _IDCrossAttention(nn.Module):
         v = self.to_v(tokens).view(b, t, self.heads, -1).transpose(1, 2)
         return k, v
 
-    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def regional_kv(self, tokens: list[torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ``(B, T, D)`` tensor per person -> key, value ``(B, P, heads, T, d)``."""
+        kvs = [self.kv(t.expand(batch, -1, -1)) for t in tokens]
+        return torch.stack([k for k, _ in kvs], 1), torch.stack([v for _, v in kvs], 1)
+
+    def forward(
+        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], regions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, c, h, w = x.shape
         q = self.to_q(self.norm(x).flatten(2).transpose(1, 2)).view(b, h * w, self.heads, -1).transpose(1, 2)
         k, v = kv
+        if k.ndim == 5:  # group portrait: each person's tokens act only inside its region, nothing outside
+            masks = region_masks_at(regions.to(device=x.device, dtype=torch.float32), (h, w)).flatten(2)
+            masks = masks.to(x.dtype)
+            total = None
+            for p in range(k.shape[1]):
+                if not bool((masks[:, p] > 0).any()):
+                    continue
+                out = F.scaled_dot_product_attention(q, k[:, p].to(q.dtype), v[:, p].to(q.dtype))
+                term = self.to_out(out.transpose(1, 2).reshape(b, h * w, c)) * masks[:, p, :, None]
+                total = term if total is None else total + term
+            return x if total is None else x + total.transpose(1, 2).reshape(b, c, h, w)
         out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
         out = self.to_out(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).reshape(b, c, h, w)
@@ -377,13 +403,18 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
 
         Args:
             controlnet_cond: ``(B, 3, H, W)`` landmark map in ``[0, 1]``, ``H = vae_scale_factor * h_latent``.
-            id_tokens: ``(B, T, D)`` or ``(1, T, D)``; None means "no identity" (a single zero token).
+            id_tokens: ``(B, T, D)`` or ``(1, T, D)``; None means "no identity" (a single zero token). A
+                :class:`~hifi_portrait.models.id_attention.RegionalIDTokens` for a group portrait: the ID
+                alignment is then masked like the UNet's ID attention (each person's tokens act only inside its
+                region, resized to each level; outside every region the landmark features are left as they are).
 
         Returns:
             A :class:`HiFiNetCondition` to pass as ``condition=`` to :meth:`forward` at every step.
         """
         dtype = self.conv_in.weight.dtype
         b = controlnet_cond.shape[0]
+        if isinstance(id_tokens, RegionalIDTokens):
+            return self._prepare_regional(controlnet_cond, id_tokens)
         if id_tokens is None:
             id_tokens = torch.zeros(b, 1, self.config.cross_attention_dim, device=controlnet_cond.device, dtype=dtype)
         if id_tokens.shape[0] == 1 and b > 1:
@@ -400,6 +431,31 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
             attn.kv(id_tokens) for level in self.attentions for attn in level if isinstance(attn, _IDCrossAttention)
         )
         return HiFiNetCondition(features=tuple(feats), id_kv=id_kv)
+
+    def _prepare_regional(self, controlnet_cond: torch.Tensor, regional: RegionalIDTokens) -> HiFiNetCondition:
+        dtype = self.conv_in.weight.dtype
+        b = controlnet_cond.shape[0]
+        tokens = [t.to(dtype) for t in regional.tokens]
+        for t in tokens:
+            if t.shape[0] not in (1, b):
+                raise ValueError(f"id_tokens batch {t.shape[0]} does not match the landmark map batch {b}")
+        regions = regional.masks
+        x = self.cond_encoder(controlnet_cond.to(dtype))
+        feats = []
+        for level, align in zip(self.cond_levels, self.cond_align, strict=True):
+            x = level(x)
+            if isinstance(align, _IDCrossAttention):
+                f = align(x, align.regional_kv(tokens, b), regions)
+            else:
+                f = x
+            feats.append(f)
+        id_kv = tuple(
+            attn.regional_kv(tokens, b)
+            for level in self.attentions
+            for attn in level
+            if isinstance(attn, _IDCrossAttention)
+        )
+        return HiFiNetCondition(features=tuple(feats), id_kv=id_kv, regions=regions)
 
     # ------------------------------------------------------------------ per-step part
     def _embed_time(self, sample: torch.Tensor, timestep, added_cond_kwargs: dict | None) -> torch.Tensor:
@@ -480,7 +536,10 @@ class HiFiNetModel(ModelMixin, ConfigMixin):
             for resnet, attn in zip(res_level, attn_level, strict=True):
                 h = self._checkpointed(resnet, h, emb)
                 if isinstance(attn, _IDCrossAttention):
-                    h = self._checkpointed(attn, h, next(kv_iter))
+                    if condition.regions is None:
+                        h = self._checkpointed(attn, h, next(kv_iter))
+                    else:
+                        h = self._checkpointed(attn, h, next(kv_iter), condition.regions)
                 outs.append(h)
             for s in range(lpb):
                 down.append(next(zero)(outs[min(s, bl - 1)]))

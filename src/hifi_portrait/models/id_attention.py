@@ -27,12 +27,20 @@ The pipeline's own methods (``enable_attention_slicing``, ``load_ip_adapter``) c
 the UNet itself (``unet.set_attn_processor``, ``unet.set_default_attn_processor``) is composed for the duration
 of each generation only, so a UNet shared with another pipeline keeps the processors its user set.
 
+Group portraits (several people, each routed to a region): the ID token set is then a
+:class:`RegionalIDTokens` (one token tensor per person and one region mask per person at latent resolution;
+:func:`with_id_tokens` builds it from a list of token tensors and ``regions=``). Each person's tokens are attended
+separately, and the result is weighted by that person's mask, resized to the layer's resolution
+(:func:`region_masks_at`), so a person's tokens act only inside its region and no ID tokens act outside every
+region. One person whose region is the whole canvas gives exactly today's one-person output.
+
 All state (weights, scales) lives in the processor objects: no globals.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -49,16 +57,18 @@ from diffusers.models.attention_processor import (
 )
 from torch import nn
 
-from hifi_portrait.errors import AttentionProcessorError
+from hifi_portrait.errors import AttentionProcessorError, ConfigError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "IDAttnProcessor",
+    "RegionalIDTokens",
     "get_id_attn_processors",
     "id_attention_layer_names",
     "install_id_attention",
     "remove_id_attention",
+    "region_masks_at",
     "restore_processors",
     "set_id_scale",
     "split_token_sets",
@@ -83,12 +93,140 @@ def split_token_sets(encoder_hidden_states):
     return encoder_hidden_states, sets
 
 
-def with_id_tokens(prompt_embeds: torch.Tensor, id_tokens: torch.Tensor | None):
+def region_sizes(height: int, width: int, n: int) -> tuple[int, int]:
+    """``(h, w)`` of a UNet feature map with ``n = h * w`` positions, from the latent's ``height x width``.
+
+    Every SDXL/SD downsampler (3x3 convolution, stride 2, padding 1) maps ``s`` to ``ceil(s / 2)``, so the
+    resolutions a UNet uses are the chain ``(H, W) -> (ceil(H/2), ceil(W/2)) -> ...``; the query length picks its
+    member (exact for any aspect ratio and odd sizes).
+    """
+    h, w = int(height), int(width)
+    while h * w > n and (h > 1 or w > 1):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    if h * w != n:
+        raise ConfigError(
+            f"region masks of {height}x{width} (latent size) do not match an attention layer with {n} positions: "
+            "give the masks at the latent resolution of this generation (image size / 8)."
+        )
+    return h, w
+
+
+def region_masks_at(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, P, H, W)`` region masks at latent resolution -> ``(B, P, h, w)`` at a UNet resolution ``size``.
+
+    Repeated 2x2 average pooling with ``ceil_mode`` (a partial window at an odd edge averages its valid cells),
+    the same ``s -> ceil(s / 2)`` chain as the UNet's downsamplers: a cell's weight is the fraction of the latent
+    cells under it that belong to the region. Disjoint masks stay disjoint in the sense that their sum is <= 1;
+    a cell with no latent cell of the region in it is exactly 0.
+    """
+    h, w = masks.shape[-2:]
+    while (h, w) != tuple(size):
+        if h * w <= size[0] * size[1]:
+            raise ConfigError(f"region masks of {tuple(masks.shape[-2:])} cannot be resized to {tuple(size)}")
+        masks = F.avg_pool2d(masks, kernel_size=2, stride=2, ceil_mode=True)
+        h, w = masks.shape[-2:]
+    return masks
+
+
+class RegionalIDTokens:
+    """ID tokens of several people, each acting only inside its region (group portraits).
+
+    Args:
+        tokens: one ``(B or 1, T, D)`` tensor per person.
+        masks: ``(B or 1, P, h, w)`` region masks in ``[0, 1]`` at the latent resolution (P = number of people);
+            0 = the person's tokens do not act there. Regions of different people should not overlap.
+
+    The processor attends to each person's tokens separately and weights the result by the person's mask resized
+    to the layer's resolution (:func:`region_masks_at`; cached per resolution, with which people have an empty
+    region there, whose attention is then skipped).
+    """
+
+    def __init__(self, tokens: Sequence[torch.Tensor], masks: torch.Tensor) -> None:
+        tokens = list(tokens)
+        if not tokens:
+            raise ConfigError("regional ID tokens need at least one person")
+        if masks.ndim == 3:
+            masks = masks[None]
+        if masks.ndim != 4 or masks.shape[1] != len(tokens):
+            raise ConfigError(
+                f"region masks of shape {tuple(masks.shape)} for {len(tokens)} people: give (B, P, h, w) or "
+                "(P, h, w) masks, one per person, at the latent resolution"
+            )
+        self.tokens = tokens
+        self.masks = masks
+        self._cache: dict[tuple, tuple[torch.Tensor, list[bool]]] = {}
+
+    @property
+    def num_people(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def shape(self) -> torch.Size:
+        """Shape of the first person's tokens (batch, T, D): what code checking token shapes reads."""
+        return self.tokens[0].shape
+
+    def to(self, *args: Any, **kwargs: Any) -> RegionalIDTokens:
+        return RegionalIDTokens([t.to(*args, **kwargs) for t in self.tokens], self.masks.to(*args, **kwargs))
+
+    def select(self, index: slice) -> RegionalIDTokens:
+        """The batch items ``index`` (batch-1 tensors are kept whole)."""
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t if t.shape[0] == 1 else t[index]
+
+        return RegionalIDTokens([pick(t) for t in self.tokens], pick(self.masks))
+
+    def masks_at(self, size: tuple[int, int], device: torch.device, dtype: torch.dtype):
+        """``((B or 1, P, h*w) masks, [person p's region is non-empty there])`` at a UNet resolution."""
+        key = (tuple(size), device, dtype)
+        hit = self._cache.get(key)
+        if hit is None:
+            m = region_masks_at(self.masks.to(device=device, dtype=torch.float32), size)
+            nonempty = [bool(x) for x in (m.flatten(2) > 0).any(dim=2).any(dim=0).tolist()]
+            hit = (m.flatten(2).to(dtype), nonempty)
+            self._cache[key] = hit
+        return hit
+
+    def masks_for_length(self, n: int, device: torch.device, dtype: torch.dtype):
+        """As :meth:`masks_at`, the resolution told by a query of ``n`` positions."""
+        return self.masks_at(region_sizes(*self.masks.shape[-2:], n), device, dtype)
+
+
+def with_id_tokens(
+    prompt_embeds: torch.Tensor,
+    id_tokens: torch.Tensor | Sequence[torch.Tensor] | RegionalIDTokens | None,
+    regions: torch.Tensor | None = None,
+):
     """UNet ``encoder_hidden_states`` carrying ``(B, T, D)`` ID tokens next to ``(B, S, D)`` text embeddings:
-    ``(prompt_embeds, [id_tokens])``; ``prompt_embeds`` alone when ``id_tokens`` is None."""
+    ``(prompt_embeds, [id_tokens])``; ``prompt_embeds`` alone when ``id_tokens`` is None.
+
+    Several people: ``id_tokens`` a list of ``(B, T, D)`` tensors (one per person) and ``regions`` their
+    ``(P, h, w)`` or ``(B, P, h, w)`` masks at latent resolution (or a ready :class:`RegionalIDTokens`).
+    """
     if id_tokens is None:
         return prompt_embeds
-    if id_tokens.shape[0] != prompt_embeds.shape[0] or id_tokens.shape[-1] != prompt_embeds.shape[-1]:
+    if isinstance(id_tokens, (list, tuple)):
+        if regions is None:
+            raise ConfigError("ID tokens of several people need their regions (regions=, one mask per person)")
+        id_tokens = RegionalIDTokens(id_tokens, regions)
+    elif regions is not None and not isinstance(id_tokens, RegionalIDTokens):
+        id_tokens = RegionalIDTokens([id_tokens], regions)
+    people = id_tokens.tokens if isinstance(id_tokens, RegionalIDTokens) else [id_tokens]
+    for t in people:
+        if t.shape[0] not in (1, prompt_embeds.shape[0]) or t.shape[-1] != prompt_embeds.shape[-1]:
+            raise ValueError(
+                f"ID tokens of shape {tuple(t.shape)} do not match text embeddings {tuple(prompt_embeds.shape)} "
+                "(batch and channel dimensions must agree)."
+            )
+    if isinstance(id_tokens, RegionalIDTokens):
+        n = prompt_embeds.shape[0]
+        if all(t.shape[0] == n and t.dtype == prompt_embeds.dtype for t in people):
+            return (prompt_embeds, [id_tokens])  # the same object at every step: its resized masks stay cached
+        return (
+            prompt_embeds,
+            [RegionalIDTokens([t.to(prompt_embeds.dtype).expand(n, -1, -1) for t in people], id_tokens.masks)],
+        )
+    if id_tokens.shape[0] != prompt_embeds.shape[0]:
         raise ValueError(
             f"ID tokens of shape {tuple(id_tokens.shape)} do not match text embeddings {tuple(prompt_embeds.shape)} "
             "(batch and channel dimensions must agree)."
@@ -150,19 +288,26 @@ class IDAttnProcessor(nn.Module):
             "(hifi_portrait.models.with_id_tokens), or prompt_embeds alone for no identity."
         )
 
-    def id_key_value(self, id_tokens: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+    def id_key_value(
+        self, id_tokens: torch.Tensor, dtype: torch.dtype | None = None, slot: int = 0
+    ) -> tuple[torch.Tensor, ...]:
         """``to_k_ip`` and ``to_v_ip`` of the ``(B, T, D)`` ID tokens (cast to ``dtype``, the compute dtype).
 
         The ID tokens are the same at every denoising step of a generation, so at inference (no autograd) the
         projections are computed once and reused while the tokens and weights are unchanged (checked by value: a
         comparison of ``B*T*D`` numbers instead of two ``D x hidden`` matrix products per step and layer).
         The compute dtype is the query's, never the weights' storage dtype (fp8 with layerwise casting).
+        ``slot``: one cache entry per person of a group portrait (slot 0 is the one-person cache).
         """
         id_tokens = id_tokens.to(dtype=dtype if dtype is not None else self.to_k_ip.weight.dtype)
         if torch.is_grad_enabled():
             self._kv_cache = None
+            self._kv_slots = {}
             return self.to_k_ip(id_tokens), self.to_v_ip(id_tokens)
-        cache = getattr(self, "_kv_cache", None)
+        slots = getattr(self, "_kv_slots", None)
+        if slots is None:
+            slots = self._kv_slots = {}
+        cache = getattr(self, "_kv_cache", None) if slot == 0 else slots.get(slot)
         versions = (self.to_k_ip.weight._version, self.to_v_ip.weight._version)
         ptrs = (self.to_k_ip.weight.data_ptr(), self.to_v_ip.weight.data_ptr())
         if (
@@ -179,7 +324,11 @@ class IDAttnProcessor(nn.Module):
         # read again: layerwise-casting hooks swap the weights during the call
         versions = (self.to_k_ip.weight._version, self.to_v_ip.weight._version)
         ptrs = (self.to_k_ip.weight.data_ptr(), self.to_v_ip.weight.data_ptr())
-        self._kv_cache = (id_tokens.clone(), key, value, versions, ptrs)
+        entry = (id_tokens.clone(), key, value, versions, ptrs)
+        if slot == 0:
+            self._kv_cache = entry
+        else:
+            slots[slot] = entry
         return key, value
 
     def _attention(self, query, key, value, attention_mask=None) -> torch.Tensor:
@@ -266,7 +415,12 @@ class IDAttnProcessor(nn.Module):
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
 
-        if id_tokens is not None and self.scale != 0.0:
+        if isinstance(id_tokens, RegionalIDTokens):
+            if self.scale != 0.0:
+                regional = self._regional_id_attention(attn, query, id_tokens, batch_size, head_dim)
+                if regional is not None:
+                    hidden_states = hidden_states + self.scale * regional
+        elif id_tokens is not None and self.scale != 0.0:
             ip_key, ip_value = self.id_key_value(id_tokens, query.dtype)
             ip_key = ip_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             ip_value = ip_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
@@ -290,6 +444,33 @@ class IDAttnProcessor(nn.Module):
             hidden_states = hidden_states + residual
         hidden_states = hidden_states / attn.rescale_output_factor
         return hidden_states
+
+    def _regional_id_attention(
+        self, attn, query: torch.Tensor, regional: RegionalIDTokens, batch_size: int, head_dim: int
+    ) -> torch.Tensor | None:
+        """``sum_p mask_p * attention(query, person p's tokens)`` (``(B, N, C)``), None where every region is empty.
+
+        Each person is attended on its own (the one-person computation, so one person with a full mask is
+        bit-identical to it) and people with an empty region at this resolution are skipped.
+        """
+        masks, nonempty = regional.masks_for_length(query.shape[2], query.device, query.dtype)
+        out = None
+        for p, tokens in enumerate(regional.tokens):
+            if not nonempty[p]:
+                continue
+            ip_key, ip_value = self.id_key_value(tokens, query.dtype, slot=p)
+            ip_key = ip_key.view(ip_key.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
+            ip_value = ip_value.view(ip_value.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
+            if ip_key.shape[0] != batch_size:
+                ip_key = ip_key.expand(batch_size, -1, -1, -1)
+                ip_value = ip_value.expand(batch_size, -1, -1, -1)
+            if attn.norm_k is not None:
+                ip_key = attn.norm_k(ip_key)
+            ip_hidden = self._attention(query, ip_key, ip_value)
+            ip_hidden = ip_hidden.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+            term = ip_hidden * masks[:, p, :, None]
+            out = term if out is None else out + term
+        return out
 
     def _ip_adapter_attention(
         self, attn, hidden_states, query, ip_hidden_states, ip_adapter_masks, batch_size, head_dim

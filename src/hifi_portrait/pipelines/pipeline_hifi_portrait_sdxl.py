@@ -52,7 +52,14 @@ from hifi_portrait.loaders.hifi_portrait_loader import (
 )
 from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetCondition, HiFiNetModel
-from hifi_portrait.models.id_attention import restore_processors, set_id_scale, sync_id_attention, with_id_tokens
+from hifi_portrait.models.id_attention import (
+    RegionalIDTokens,
+    region_masks_at,
+    restore_processors,
+    set_id_scale,
+    sync_id_attention,
+    with_id_tokens,
+)
 from hifi_portrait.pipelines.pipeline_output import HiFiPortraitPipelineOutput
 
 logger = logging.getLogger(__name__)
@@ -360,14 +367,129 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             None if quality is None else quality.to(device),
         )
 
+    def _regional_tokens(
+        self,
+        id_tokens: Any,
+        regions: Any,
+        total: int,
+        do_cfg: bool,
+        prompt_embeds: torch.Tensor,
+        device: torch.device,
+    ) -> RegionalIDTokens:
+        """Per-person ID tokens + region masks -> the :class:`RegionalIDTokens` of the CFG batch (zero tokens,
+        or the refiner's own unconditional tokens, in the unconditional half), masks at latent resolution."""
+        if not isinstance(id_tokens, (list, tuple)) or not id_tokens or regions is None:
+            raise ConfigError(
+                "a group portrait needs id_tokens=[tokens of person 1, ...] (one (1, T, D) tensor per person) and "
+                "id_regions= (P, H, W) masks, one per person"
+            )
+        masks = torch.as_tensor(np.asarray(regions) if not torch.is_tensor(regions) else regions).float()
+        if masks.ndim != 3 or masks.shape[0] != len(id_tokens):
+            raise ConfigError(
+                f"id_regions of shape {tuple(masks.shape)} for {len(id_tokens)} people: give (P, H, W) masks, one "
+                "per person"
+            )
+        if not bool(torch.isfinite(masks).all()) or masks.min() < 0:
+            raise ConfigError("id_regions must be finite and non-negative: 0 = not this person, 1 = this person")
+        if masks.max() > 1:  # uint8 masks (0..255)
+            masks = masks / 255.0
+        if masks.max() > 1:
+            raise ConfigError("id_regions must be in [0, 1] (or 0..255 for 8-bit masks)")
+        uncond_fn = getattr(self.face_refiner, "unconditional_tokens", None)
+        people = []
+        for tokens in id_tokens:
+            tokens = torch.as_tensor(tokens).to(device=device, dtype=prompt_embeds.dtype)
+            if tokens.ndim == 2:
+                tokens = tokens[None]
+            if tokens.shape[0] == 1:
+                tokens = tokens.expand(total, -1, -1)
+            elif tokens.shape[0] != total:
+                raise ValueError(f"id_tokens batch {tokens.shape[0]} is neither 1 nor batch x images ({total})")
+            if do_cfg:
+                uncond = uncond_fn(tokens).to(tokens) if uncond_fn is not None else torch.zeros_like(tokens)
+                tokens = torch.cat([uncond, tokens])
+            people.append(tokens)
+        return RegionalIDTokens(people, masks[None].to(device))
+
+    def _latent_regions(self, regional: RegionalIDTokens, height: int, width: int) -> RegionalIDTokens:
+        """Region masks given at image resolution -> latent resolution (fraction of each 8x8 block covered)."""
+        lat = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        masks = regional.masks
+        if tuple(masks.shape[-2:]) == lat:
+            return regional
+        if tuple(masks.shape[-2:]) != (height, width):
+            raise ConfigError(
+                f"id_regions are {tuple(masks.shape[-2:])} but the image is {height}x{width} (latent {lat[0]}x"
+                f"{lat[1]}): give the masks at the image or the latent resolution"
+            )
+        f = self.vae_scale_factor
+        return RegionalIDTokens(regional.tokens, torch.nn.functional.avg_pool2d(masks, f, f))
+
+    def _person_images(
+        self, images: Any, tokens_cfg: Any, width: int, height: int, total: int, per_prompt: int, device, do_cfg: bool
+    ) -> list[torch.Tensor]:
+        """``id_region_images``, checked and prepared like the ControlNet's condition image."""
+        controlnet = self.controlnet
+        context = self.controlnet_context
+        if not isinstance(tokens_cfg, RegionalIDTokens):
+            raise ConfigError("id_region_images is for group portraits: give id_tokens=[...] and id_regions= too")
+        if controlnet is None or isinstance(controlnet, MultiControlNetModel) or context != "id_tokens":
+            raise ConfigError(
+                "id_region_images needs one ControlNet that reads the ID tokens (InstantID's IdentityNet, "
+                "pipe.controlnet_context == 'id_tokens'); extra ControlNets beside it are not routed per person"
+            )
+        if len(images) != tokens_cfg.num_people:
+            raise ConfigError(f"{len(images)} id_region_images for {tokens_cfg.num_people} people: one per person")
+        return [
+            self.prepare_image(
+                image=img,
+                width=width,
+                height=height,
+                batch_size=total,
+                num_images_per_prompt=per_prompt,
+                device=device,
+                dtype=controlnet.dtype,
+                do_classifier_free_guidance=do_cfg,
+            )
+            for img in images
+        ]
+
+    def _regional_controlnet(self, x, t, regional: RegionalIDTokens, images, scale, added_cond_kwargs):
+        """The ControlNet once per person (its tokens, its image), residuals times the person's region, summed.
+
+        A person whose region is empty is not run; ``(None, None)`` when no one has a region."""
+        down, mid = None, None
+        for p, (tokens, image) in enumerate(zip(regional.tokens, images, strict=True)):
+            mask = regional.masks[:, p : p + 1].float()
+            if not bool((mask > 0).any()):
+                continue
+            d, m = self.controlnet(
+                x,
+                t,
+                encoder_hidden_states=tokens,
+                controlnet_cond=image,
+                conditioning_scale=scale,
+                guess_mode=False,
+                added_cond_kwargs=added_cond_kwargs,
+                return_dict=False,
+            )
+            d = [r * region_masks_at(mask, tuple(r.shape[-2:])).to(r) for r in d]
+            m = m * region_masks_at(mask, tuple(m.shape[-2:])).to(m)
+            down = d if down is None else [a + b for a, b in zip(down, d, strict=True)]
+            mid = m if mid is None else mid + m
+        return down, mid
+
     def _controlnet_hidden_states(
-        self, text: torch.Tensor, id_tokens: torch.Tensor | None
+        self, text: torch.Tensor, id_tokens: torch.Tensor | RegionalIDTokens | None
     ) -> torch.Tensor | list[torch.Tensor]:
         """What the extra ControlNet(s) cross-attend to, by ``self.controlnet_context``: ``"text"`` (default) or
         ``"id_tokens"`` (InstantID's IdentityNet, hifi_portrait.loaders.instantid), or a list with one of these per
         net of a :class:`~hifi_portrait.pipelines.multi_controlnet.MultiContextControlNetModel` (InstantID +
         OpenPose: ``["id_tokens", "text"]``)."""
         context = self.controlnet_context
+
+        if isinstance(id_tokens, RegionalIDTokens):  # IdentityNet: every person's tokens, side by side
+            id_tokens = torch.cat(id_tokens.tokens, dim=1)
 
         def pick(name: str) -> torch.Tensor:
             return id_tokens if name == "id_tokens" and id_tokens is not None else text
@@ -386,7 +508,9 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         id_embeds: torch.Tensor | None = None,
         patch_tokens: torch.Tensor | None = None,
         reference_quality: torch.Tensor | Sequence[float] | None = None,
-        id_tokens: torch.Tensor | None = None,
+        id_tokens: torch.Tensor | list[torch.Tensor] | None = None,
+        id_regions: torch.Tensor | np.ndarray | None = None,
+        id_region_images: list[PipelineImageInput] | None = None,
         landmark_image: PipelineImageInput | None = None,
         landmark_fn: Callable[[Sequence[Any] | None, Any], PipelineImageInput] | None = None,
         target: Any = None,
@@ -436,6 +560,15 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             faces / reference_images / id_embeds (+ patch_tokens, reference_quality): the references of one
                 person, see :meth:`encode_id_tokens`; or id_tokens ``(1, T, D)`` computed before.
                 Without any, no identity is injected (zero ID tokens).
+                Group portraits: ``id_tokens`` a list with one ``(1, T, D)`` tensor per person and ``id_regions``
+                their ``(P, H, W)`` region masks (image or latent resolution, values in ``[0, 1]``): each person's
+                tokens act only inside its region, in the UNet's ID attention and HiFi-Net's ID alignment
+                (:func:`hifi_portrait.pipelines.group.generate_group` makes both from references and a layout).
+            id_region_images: group portraits with a ControlNet that reads the ID tokens (InstantID's IdentityNet):
+                one condition image per person (its own keypoints). The ControlNet then runs once per person with
+                that person's tokens and image, and each run's residuals are multiplied by the person's region
+                (resized to each residual), so IdentityNet is routed per person too. ``image`` still gives the
+                size (the map of everyone).
             landmark_image: the landmark map (PIL, ``(H, W, 3)`` uint8 array, or ``(3, H, W)`` tensor in
                 ``[0, 1]``); sets the output size unless height/width are given.
             landmark_fn: ``landmark_fn(faces, target) -> landmark map``, called once when landmark_image is None
@@ -503,6 +636,8 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 patch_tokens=patch_tokens,
                 reference_quality=reference_quality,
                 id_tokens=id_tokens,
+                id_regions=id_regions,
+                id_region_images=id_region_images,
                 landmark_image=landmark_image,
                 landmark_fn=landmark_fn,
                 target=target,
@@ -631,7 +766,15 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         if id_scale is None:
             id_scale = max((p.scale for p in id_procs.values()), default=0.0)
         tokens_cfg = None
-        if id_tokens is not None or id_procs or self.hifi_net is not None:
+        regional = isinstance(id_tokens, (list, tuple)) or kw["id_regions"] is not None
+        if regional:
+            if has_refs:
+                raise ConfigError(
+                    "a group portrait takes its people as id_tokens=[...] with id_regions=; encode each person's "
+                    "references with pipe.encode_id_tokens (or use hifi_portrait.pipelines.group.generate_group)"
+                )
+            tokens_cfg = self._regional_tokens(id_tokens, kw["id_regions"], total, do_cfg, prompt_embeds, device)
+        elif id_tokens is not None or id_procs or self.hifi_net is not None:
             if id_tokens is None:
                 t = next(iter(id_procs.values())).num_tokens if id_procs else 1
                 tokens = torch.zeros(1, t, self.unet.config.cross_attention_dim, device=device)
@@ -708,6 +851,14 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
 
+        if isinstance(tokens_cfg, RegionalIDTokens):
+            tokens_cfg = self._latent_regions(tokens_cfg, height, width)
+        person_images = None
+        if kw["id_region_images"] is not None:
+            person_images = self._person_images(
+                kw["id_region_images"], tokens_cfg, width, height, total, num_images_per_prompt, device, do_cfg
+            )
+
         # 4. timesteps, latents
         timesteps, num_inference_steps = retrieve_timesteps(
             self.scheduler, kw["num_inference_steps"], device, kw["timesteps"], kw["sigmas"]
@@ -780,6 +931,8 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                 return x.select(slice(-total, None)) if x.features[0].shape[0] == 2 * total else x
             if isinstance(x, (list, tuple)):
                 return type(x)(cond_half(v) for v in x)
+            if isinstance(x, RegionalIDTokens):
+                return x.select(slice(-total, None)) if x.tokens[0].shape[0] == 2 * total else x
             return x[-total:] if torch.is_tensor(x) and x.shape[0] == 2 * total else x
 
         with self.progress_bar(total=num_inference_steps) as progress_bar:
@@ -792,6 +945,7 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                         (prompt_embeds, add_text_embeds, add_time_ids)
                     )
                     tokens_cfg, hifi_condition = cond_half(tokens_cfg), cond_half(hifi_condition)
+                    person_images = cond_half(person_images)
                     extra_images, image_embeds = cond_half(extra_images), cond_half(image_embeds)
                 latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
@@ -821,19 +975,24 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
                     scales = [c * k for c, k in zip(controlnet_conditioning_scale, keep, strict=True)]
                     cn_cond = extra_images if isinstance(controlnet, MultiControlNetModel) else extra_images[0]
                     cn_scale = scales if isinstance(controlnet, MultiControlNetModel) else scales[0]
-                    d, m = controlnet(
-                        latent_model_input,
-                        t,
-                        encoder_hidden_states=self._controlnet_hidden_states(prompt_embeds, tokens_cfg),
-                        controlnet_cond=cn_cond,
-                        conditioning_scale=cn_scale,
-                        guess_mode=False,
-                        added_cond_kwargs=controlnet_added_cond_kwargs,
-                        return_dict=False,
-                    )
-                    if down_res is None:
-                        down_res, mid_res = d, m
+                    if person_images is not None:
+                        d, m = self._regional_controlnet(
+                            latent_model_input, t, tokens_cfg, person_images, cn_scale, controlnet_added_cond_kwargs
+                        )
                     else:
+                        d, m = controlnet(
+                            latent_model_input,
+                            t,
+                            encoder_hidden_states=self._controlnet_hidden_states(prompt_embeds, tokens_cfg),
+                            controlnet_cond=cn_cond,
+                            conditioning_scale=cn_scale,
+                            guess_mode=False,
+                            added_cond_kwargs=controlnet_added_cond_kwargs,
+                            return_dict=False,
+                        )
+                    if down_res is None:  # (d is None only when every person's region is empty)
+                        down_res, mid_res = d, m
+                    elif d is not None:
                         down_res = [a + b for a, b in zip(down_res, d, strict=True)]
                         mid_res = mid_res + m
 
