@@ -17,7 +17,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hifi_portrait.models import HiFiNetModel, append_id_tokens, install_id_attention
+from hifi_portrait.models import HiFiNetModel, with_id_tokens, install_id_attention
 from hifi_portrait.utils.testing import SDXL_UNET_CONFIG as SDXL_UNET  # the SDXL base UNet architecture
 
 
@@ -62,7 +62,7 @@ def main() -> None:
         step_full = count(lambda: full(x, t, condition=c_full, added_cond_kwargs=added))
         cn = count(lambda: controlnet(x, t, text, controlnet_cond=cond, added_cond_kwargs=added))
         install_id_attention(unet, args.num_tokens)
-        with_ip = count(lambda: unet(x, t, append_id_tokens(text, tokens), added_cond_kwargs=added))
+        with_ip = count(lambda: unet(x, t, with_id_tokens(text, tokens), added_cond_kwargs=added))
     params = {
         n: sum(p.numel() for p in m.parameters()) / 1e6
         for n, m in (("unet", unet), ("hifi_light", light), ("hifi_full", full), ("controlnet", controlnet))

@@ -45,7 +45,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from hifi_portrait.models import FaceRefiner, HiFiNetModel, append_id_tokens, install_id_attention
+from hifi_portrait.models import FaceRefiner, HiFiNetModel, with_id_tokens, install_id_attention
 from hifi_portrait.utils.testing import SDXL_UNET_CONFIG as SDXL_UNET  # the SDXL base UNet architecture
 
 #: Mid-size SDXL-shaped UNet for CPU timing (same block structure, ~2.5x narrower, shallower top level).
@@ -217,7 +217,7 @@ def main() -> None:
     with torch.inference_mode():
         tokens1, cond1 = encode(1)
         tokens8, cond8 = encode(8)
-        with_ids1, with_ids8 = append_id_tokens(text, tokens1), append_id_tokens(text, tokens8)
+        with_ids1, with_ids8 = with_id_tokens(text, tokens1), with_id_tokens(text, tokens8)
 
         def use(procs):
             return lambda: unet.set_attn_processor(dict(procs))
