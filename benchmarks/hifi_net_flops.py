@@ -17,7 +17,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hifi_portrait.models import HiFiNetModel, with_id_tokens, install_id_attention
+from hifi_portrait.models import HiFiNetModel, install_id_attention, with_id_tokens
 from hifi_portrait.utils.testing import SDXL_UNET_CONFIG as SDXL_UNET  # the SDXL base UNet architecture
 
 

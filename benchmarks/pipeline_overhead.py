@@ -45,7 +45,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from hifi_portrait.models import FaceRefiner, HiFiNetModel, with_id_tokens, install_id_attention
+from hifi_portrait.models import FaceRefiner, HiFiNetModel, install_id_attention, with_id_tokens
 from hifi_portrait.utils.testing import SDXL_UNET_CONFIG as SDXL_UNET  # the SDXL base UNet architecture
 
 #: Mid-size SDXL-shaped UNet for CPU timing (same block structure, ~2.5x narrower, shallower top level).
