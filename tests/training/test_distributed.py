@@ -58,11 +58,18 @@ def _launch(cfg, folder: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += ["--main_process_port", str(_free_port()), "-m", "hifi_portrait.training.train", "--config", str(path)]
-    return subprocess.Popen([*cmd, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the output goes to a file, not a pipe: a pipe that nobody reads while the test polls for checkpoints blocks
+    # the run once 64 KiB are written (transformers 5.0's loading bars alone write more than that)
+    log = path.with_suffix(f".{len(list(folder.glob('*.log')))}.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*cmd, *extra], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log
+    return proc
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    output, _ = proc.communicate(timeout=timeout)
+    proc.wait(timeout=timeout)
+    output = proc.log_path.read_text(errors="replace")
     assert proc.returncode == 0, output[-3000:]
     return output
 
@@ -111,7 +118,7 @@ def test_kill_9_of_one_rank_then_resume_latest_equals_the_uninterrupted_run(
         p.environ().get("RANK"): p for p in psutil.Process(proc.pid).children(recursive=True) if "RANK" in p.environ()
     }
     os.kill(ranks["1"].pid, signal.SIGKILL)  # one rank dies mid-run
-    proc.communicate(timeout=120)
+    proc.wait(timeout=120)
     assert proc.returncode != 0 and not (run / ADAPTER).exists()  # the run failed; its workers ended with it
     assert not ranks["0"].is_running() or ranks["0"].status() == psutil.STATUS_ZOMBIE
     # what a rank killed while saving leaves (checkpoints are written beside and renamed when complete)

@@ -11,11 +11,8 @@ from hifi_portrait.face.types import FaceAnalysis
 KEYPOINT_COLORS = [(255, 0, 0), (255, 200, 0), (255, 0, 255), (0, 200, 0), (0, 120, 255)]
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)  # a scalable font since Pillow 10.1 (the floor in pyproject.toml)
 
 
 def landmark_overlay(image: np.ndarray, analysis: FaceAnalysis, max_side: int = 768) -> Image.Image:
