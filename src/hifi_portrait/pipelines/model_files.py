@@ -239,7 +239,7 @@ def _add_loras(pipe: Any, loras: Sequence[Path], lora_scale: float) -> None:
         try:
             pipe.load_lora_weights(str(lora), adapter_name=f"lora{i}")
         except ImportError as exc:
-            raise ConfigError(f"--lora needs the peft package: pip install peft ({exc})") from None
+            raise ConfigError(f"--lora needs the peft package: pip install 'peft>=0.18' ({exc})") from None
     if loras:
         pipe.set_adapters([f"lora{i}" for i in range(len(loras))], adapter_weights=[lora_scale] * len(loras))
 
