@@ -140,6 +140,8 @@ def generate_all(pipe, held: Path, seed: int, p: Preset, conditions=CONDITIONS) 
     num_tokens = pipe.face_refiner.config.num_tokens
     dim = pipe.face_refiner.config.output_dim
     images = {c: np.zeros((p.gen_seeds, k_ids, 64, 64, 3), np.uint8) for c in conditions}
+    shape = pipe.unet.config.in_channels, 64 // pipe.vae_scale_factor, 64 // pipe.vae_scale_factor
+    latents = {c: np.zeros((p.gen_seeds, k_ids, *shape), np.float32) for c in conditions}
     for k, item in enumerate(items):
         wrong = items[(k + 1) % k_ids]
         lmap = item["landmark_map"]
@@ -159,22 +161,27 @@ def generate_all(pipe, held: Path, seed: int, p: Preset, conditions=CONDITIONS) 
                     kw["landmark_image"] = torch.zeros_like(lmap)
                 elif c == "uniform_q":
                     kw.update(id_embeds=item["ref_identity"], reference_quality=torch.ones(4))
-                out = pipe(
+                lat = pipe(
                     prompt=W.CAPTION,
                     height=64,
                     width=64,
                     num_inference_steps=p.inference_steps,
                     guidance_scale=p.guidance_scale,
                     generator=torch.Generator().manual_seed(seed * 1000 + s),
-                    output_type="np",
+                    output_type="latent",
                     **kw,
-                ).images[0]
+                ).images
+                latents[c][s, k] = lat[0].numpy()
+                with torch.no_grad():
+                    out = pipe.vae.decode(lat / pipe.vae.config.scaling_factor).sample[0]
+                out = (out / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy()
                 images[c][s, k] = np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
     targets = np.stack(
         [((it["target"].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8) for it in items]
     )
     return {
         "images": images,
+        "latents": latents,
         "poses": np.stack([it["pose"].numpy() for it in items]),
         "maps": np.stack([(it["landmark_map"].permute(1, 2, 0).numpy() * 255).astype(np.uint8) for it in items]),
         "refs": np.stack([(it["refs"].permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8) for it in items]),

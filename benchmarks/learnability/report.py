@@ -13,9 +13,12 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 FIG_DIR = RESULTS / "learnability"
 
-#: smallest mean absolute pixel difference (0-255) between two conditions that counts as "the condition reached
-#: the output"; a broken wire gives exactly 0 (generation is deterministic for a seed)
-MIN_EFFECT = 0.05
+#: smallest relative change of the final latents (mean |difference| / mean |latent|) between two conditions that
+#: counts as "the condition reached the output"; a broken wire gives exactly 0 (generation is deterministic for a
+#: seed, and every condition starts from the same noise). The quick run trains 12 adapter steps, so the landmark
+#: path (two zero-initialised layers in series: the map embedding's output and the zero convolutions) has only
+#: begun to move; its effect is small but far from 0
+MIN_EFFECT = 1e-5  # measured in --quick (seed 0): no_map 4.5e-4, wrong_refs 1.3e-3, refs1 2.5e-3, no_refs 7.6e-2
 
 LABELS = {
     "refs4": "4 references + map",
@@ -28,7 +31,15 @@ LABELS = {
 
 
 def effects(results: dict) -> dict[str, float]:
-    """Mean absolute pixel difference of each ablation from ``refs4`` (same seeds, same initial noise)."""
+    """Relative change of the generated latents of each ablation from ``refs4`` (same seeds, same initial noise)."""
+    lat = results["_gen"]["latents"]
+    ref = lat["refs4"].astype(np.float64)
+    scale = np.abs(ref).mean()
+    return {c: float(np.abs(v.astype(np.float64) - ref).mean() / scale) for c, v in lat.items() if c != "refs4"}
+
+
+def pixel_effects(results: dict) -> dict[str, float]:
+    """Mean absolute pixel difference (0-255) of each ablation's images from ``refs4``'s."""
     imgs = results["_gen"]["images"]
     ref = imgs["refs4"].astype(np.float64)
     return {c: float(np.abs(v.astype(np.float64) - ref).mean()) for c, v in imgs.items() if c != "refs4"}
@@ -56,9 +67,10 @@ def summary(results: dict) -> str:
             )
     rt = m["real_targets"]
     lines.append(f"  real targets: top1 {rt['top1']:.3f}, pose err {rt['pose_err_deg']:.2f} deg")
-    lines.append(
-        "  effects vs refs4 (mean |diff|, 0-255): " + ", ".join(f"{k} {v:.2f}" for k, v in effects(results).items())
-    )
+    eff = ", ".join(f"{k} {v:.4f}" for k, v in effects(results).items())
+    lines.append(f"  effects vs refs4 (relative latent change): {eff}")
+    eff = ", ".join(f"{k} {v:.2f}" for k, v in pixel_effects(results).items())
+    lines.append(f"  effects vs refs4 (mean |pixel diff|, 0-255): {eff}")
     lines.append("  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items()))
     return "\n".join(lines)
 
