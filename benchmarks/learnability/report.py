@@ -123,7 +123,7 @@ def write(results: dict, command: str) -> Path:
 
     FIG_DIR.mkdir(parents=True, exist_ok=True)
     Image.fromarray(_grid(results["_gen"])).resize(
-        (11 * 66 * 2, min(8, results["_gen"]["maps"].shape[0]) * 66 * 2), Image.NEAREST
+        (11 * 66, min(8, results["_gen"]["maps"].shape[0]) * 66), Image.NEAREST
     ).save(FIG_DIR / "samples.png")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     for ax, (name, vals) in zip(
