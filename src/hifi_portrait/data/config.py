@@ -37,11 +37,13 @@ class QualityConfig:
 class ClusterConfig:
     """Identity clustering (used for images without an identity label) and cluster purification."""
 
-    threshold: float | None = None  # cosine similarity for an edge of the k-NN graph; None = by identity model
+    method: str = "average"  # "average" (average linkage on the k-NN graph) or "components" (previous method)
+    threshold: float | None = None  # "average": mean cosine joining two groups; None = calibrated per identity model
+    edge_threshold: float | None = None  # cosine of a candidate k-NN edge ("average" only); None = threshold
     k: int = 10  # neighbours per image in the k-NN graph
     mutual: bool = False  # keep only mutual k-NN edges (more precise, slightly lower recall)
     outlier_threshold: float | None = None  # drop members whose cosine to their centroid is below; None = auto
-    merge_threshold: float | None = None  # merge clusters whose centroids are closer than this; None = auto
+    merge_threshold: float | None = None  # "components" only: merge clusters with closer centroids; None = auto
     duplicate_hash_distance: int = 6  # near-duplicate images: Hamming distance of 64-bit dHash of aligned crops
     duplicate_cosine: float = 0.97  # ... and identity cosine at least this
     index: str = "auto"  # "flat" (exact), "blocked", "ivf", "hnsw" or "auto" (flat below 20k vectors, else blocked)
