@@ -400,14 +400,46 @@ def _split_large(n: int, rows, cols, sims, labels: np.ndarray, threshold: float,
 
 def average_linkage_clusters(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:
     """The ``"average"`` method without purification: ``(N,)`` int64 cluster ids ``0..C-1`` (see module doc)."""
-    from scipy.cluster.hierarchy import fcluster, linkage
-
     n = len(vectors)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     rows, cols, sims = graph_edges(vectors, params)
     labels = _components(n, rows, cols)
     labels = _split_large(n, rows, cols, sims, labels, params.edge(), params.max_exact)
+    labels = _refine_mixed(vectors, labels, params)
+    # one person split over k-NN components (more photos than k neighbours reach): join clusters whose mean
+    # cross-pair cosine (exact, from vector sums; not the cosine of their centroids) reaches the threshold, then
+    # re-check the joined groups member by member like any component
+    merged = _join_by_mean_similarity(vectors, labels, params.threshold)
+    if merged.max() < labels.max():
+        labels = _refine_mixed(vectors, merged[labels], params)
+    return labels
+
+
+def _join_by_mean_similarity(vectors: np.ndarray, labels: np.ndarray, threshold: float, k: int = 8) -> np.ndarray:
+    """``(C,)`` new id of each cluster: clusters linked when their mean cross-pair cosine is ``>= threshold``."""
+    from scipy.sparse import csr_matrix
+
+    n_clusters = int(labels.max()) + 1
+    if n_clusters < 2:
+        return np.arange(n_clusters)
+    members = csr_matrix(
+        (np.ones(len(labels), dtype=np.float32), (labels, np.arange(len(labels)))), shape=(n_clusters, len(labels))
+    )
+    sizes = np.bincount(labels, minlength=n_clusters).astype(np.float32)
+    means = np.asarray(members @ vectors, dtype=np.float32) / sizes[:, None]
+    _, idx = knn_search(_normalize(means), min(n_clusters, k + 1), "auto")
+    cross = np.where(idx >= 0, _rowwise_dot(means, means, np.maximum(idx, 0)), -np.inf)
+    rows = np.repeat(np.arange(n_clusters), idx.shape[1])
+    keep = (cross.ravel() >= threshold) & (idx.ravel() != rows) & (idx.ravel() >= 0)
+    return _components(n_clusters, rows[keep], idx.ravel()[keep])
+
+
+def _refine_mixed(vectors: np.ndarray, labels: np.ndarray, params: ClusterParams) -> np.ndarray:
+    """Re-cluster with exact average linkage every group that has a member whose mean cosine to the others is
+    below the threshold (groups above ``params.max_exact`` members are left as they are)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
     mean_sim, sizes = _member_mean_similarity(vectors, labels)
     mixed = np.zeros(len(sizes), dtype=bool)
     mixed[labels[mean_sim < params.threshold]] = True

@@ -14,7 +14,13 @@ from pathlib import Path
 import torch
 
 from hifi_portrait.errors import WeightsMismatchError
-from hifi_portrait.loaders.adapter_file import AdapterFile, check_state_dict, read_adapter_file, write_adapter_file
+from hifi_portrait.loaders.adapter_file import (
+    AdapterFile,
+    check_identity_model,
+    check_state_dict,
+    read_adapter_file,
+    write_adapter_file,
+)
 from hifi_portrait.models.face_refiner import FaceRefiner
 from hifi_portrait.models.hifi_net import HiFiNetModel
 from hifi_portrait.models.id_attention import (
@@ -85,7 +91,8 @@ class HiFiPortraitLoaderMixin:
 
         Raises:
             ModelFilesMissingError: no such file.
-            WeightsMismatchError: missing/unexpected/misshaped keys (named), or layers the UNet does not have.
+            WeightsMismatchError: missing/unexpected/misshaped keys (named), layers the UNet does not have, or
+                ``self.face_analyzer`` embeds with another identity model than the one the adapter was trained on.
         """
         adapter = read_adapter_file(path)
         device = device if device is not None else self.unet.device
@@ -105,6 +112,11 @@ class HiFiPortraitLoaderMixin:
         if "ip_attn" in adapter.configs:
             self._load_ip_attn(adapter, device, dtype, id_scale)
         self._check_adapter_consistency(built, adapter)
+        self.adapter_identity = {
+            k: adapter.metadata[k] for k in ("identity_model", "identity_dim") if k in adapter.metadata
+        }
+        analyzer = getattr(self, "face_analyzer", None)
+        check_identity_model(adapter.metadata, getattr(getattr(analyzer, "embedder", None), "name", None), str(path))
         if built:
             self.register_modules(**built)
         logger.info("loaded hifi-portrait adapter %s: %s", adapter.path, ", ".join(adapter.parts))
