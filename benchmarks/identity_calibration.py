@@ -313,6 +313,8 @@ def main() -> None:
             i = int(np.flatnonzero(GRID == chosen[m])[0])
             held[m] = {"threshold": chosen[m], "calib": curves_cal[m][i].round(4).tolist()}
             held[m]["held_out"] = curves_held[m][i].round(4).tolist()
+            at_default = int(np.flatnonzero(GRID == chosen["average"])[0])
+            held[m]["held_out_at_average_threshold"] = curves_held[m][at_default].round(4).tolist()
             safe = np.flatnonzero(curves_held[m][:, 0] >= 0.98)
             held[m]["held_out_loosest_threshold_precision_0.98"] = float(GRID[safe.min()]) if len(safe) else None
         # the default method's edge / attach threshold, at its threshold, also from the calibration half
