@@ -15,8 +15,7 @@ each (geometric), same-person cosine about 0.75, different people about 0 (ArcFa
 :func:`hifi_portrait.data.cluster_identities` (default ``"average"`` method: blocked exact k-NN graph, components,
 exact average linkage inside mixed components, joining of split people by mean cross-pair cosine, outlier removal)
 at threshold 0.5; reported: seconds and pairwise precision / recall against the truth.
-benchmarks/identity_calibration.py
-compares the clustering methods on the same vectors.
+benchmarks/identity_calibration.py compares the clustering methods on the same vectors.
 
 ``--write`` appends the numbers, date and machine to benchmarks/results/dataset_builder.md.
 """
