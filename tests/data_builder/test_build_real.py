@@ -111,6 +111,7 @@ def test_outputs_manifest_stats_plots(clustered_build):
     threshold = stats["clustering"]["threshold"]
     assert stats["clustering"]["method"] == "average" and threshold == stats["same_person_threshold"]
     by_name = {e["identity"]: e["tightness"] for e in entries}
+    assert stats["uncertain_identities_total"] == len(stats["uncertain_identities"])
     for review in stats["uncertain_identities"]:
         t = by_name[review["identity"]]
         assert review["reasons"] and (t["mean_similarity"] < threshold or t["nearest_similarity"] >= threshold - 0.1)

@@ -154,6 +154,10 @@ def _analysis(
     return all_records, _Analysed(ok_records, stacked, refs), len(todo), len(done)
 
 
+#: Most identities listed for review in stats.json (``uncertain_identities_total`` counts them all).
+MAX_REVIEW = 1000
+
+
 def quality_reasons(record: dict[str, Any], pose: np.ndarray, cfg: BuilderConfig) -> list[str]:
     """Which quality thresholds a face fails (empty list = passes)."""
     q = cfg.quality
@@ -379,8 +383,10 @@ def build_dataset(
         "same_person_threshold": params.threshold,
         "clustering": {"method": params.method, "threshold": params.threshold, "edge_threshold": params.edge()},
         "format": cfg.output.format,
-        "uncertain_identities": uncertain_identities(tightness, params.threshold),
     }
+    review = uncertain_identities(tightness, params.threshold)
+    extra["uncertain_identities_total"] = len(review)
+    extra["uncertain_identities"] = review[:MAX_REVIEW]  # the most doubtful first
     stats = build_stats(len(items), failure_list, kept_meta, pose[kept_rows], quality[kept_rows], extra)
     atomic_write(out_dir / "stats.json", json.dumps(stats, indent=1, sort_keys=True).encode())
     files = [out_dir / "identities.jsonl", out_dir / "failures.jsonl", out_dir / "stats.json", *written]
