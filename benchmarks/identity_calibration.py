@@ -227,6 +227,83 @@ def faceset_rates(x: np.ndarray, trials, threshold: float) -> tuple[float, float
     return caught / max(impostors, 1), false / max(genuine, 1)
 
 
+# ---------------------------------------------------------------------------------------------- end to end
+#: build-dataset settings compared end to end: the default, and the previous default (components at 0.91)
+BUILDS = {"default": {}, "previous (components, threshold 0.91)": {"method": "components", "threshold": 0.91}}
+
+
+def build_held_out(paths: list[Path], names: np.ndarray, held: np.ndarray) -> dict:
+    """``build-dataset`` (no labels) on the held-out photos copied into one folder under shuffled names, with each
+    cluster setting of BUILDS (the analysis is computed once, later builds reuse it); pairwise precision / recall of
+    its identities over the photos that passed the quality filter (a photo left out as an identity outlier or a
+    one-photo identity counts as a singleton)."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="hp-calib-"))
+    try:
+        order = np.random.default_rng(0).permutation(int(held.sum()))
+        truth = {}
+        for rank, i in zip(order, np.flatnonzero(held), strict=True):
+            name = f"photo{rank:04d}.jpg"
+            (tmp / "in").mkdir(exist_ok=True)
+            shutil.copy(paths[i], tmp / "in" / name)
+            truth[name] = names[i]
+        return {name: _build_once(tmp, truth, cluster) for name, cluster in BUILDS.items()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_once(tmp: Path, truth: dict[str, str], cluster: dict) -> dict:
+    from hifi_portrait.data import BuilderConfig, build_dataset
+    from hifi_portrait.data.cluster import pairwise_precision_recall
+
+    out = tmp / "out"
+    cfg = BuilderConfig.from_dict({"workers": 1, "labels": "none", "cluster": cluster})
+    build_dataset([tmp / "in"], out, cfg, progress=False)
+    pred = {}
+    for line in (out / "identities.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        for sample in entry["samples"]:
+            pred[sample["sample"]] = entry["identity"]
+    keys, ids = [], []
+    for line in (out / "failures.jsonl").read_text().splitlines():
+        f = json.loads(line)
+        if f["stage"] in ("identity", "duplicate"):
+            keys.append(Path(f["key"]).name)
+            ids.append(f"single-{len(ids)}")
+    stats = json.loads((out / "stats.json").read_text())
+    samples = _sample_sources(out)
+    for sample, identity in pred.items():
+        keys.append(Path(samples[sample]).name)
+        ids.append(identity)
+    y_pred = np.unique(ids, return_inverse=True)[1]
+    y_true = np.unique([truth[k] for k in keys], return_inverse=True)[1]
+    p, r = pairwise_precision_recall(y_pred, y_true)
+    return {
+        "photos": len(truth),
+        "scored": len(keys),
+        "people": len(set(truth.values())),
+        "identities": stats["identities"],
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "uncertain_identities": [u["identity"] for u in stats["uncertain_identities"]],
+    }
+
+
+def _sample_sources(out: Path) -> dict[str, str]:
+    import tarfile
+
+    sources = {}
+    for shard in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    meta = json.load(tar.extractfile(member))
+                    sources[member.name[: -len(".json")]] = meta["source"]
+    return sources
+
+
 # ---------------------------------------------------------------------------------------------- synthetic
 def synthetic(n: int, dims: list[int], methods: list[str]) -> list[dict]:
     from dataset_builder import synthetic_identities
@@ -283,6 +360,7 @@ def main() -> None:
     parser.add_argument("--synthetic-n", type=int, default=1_000_000)
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--synthetic-methods", nargs="+", default=["average", "components"])
+    parser.add_argument("--build", action="store_true", help="also build-dataset on the held-out photos (minutes)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/identity_calibration.*")
     parser.add_argument("--quick", action="store_true", help="seconds: 12 photos, 3000 vectors (CI checks it runs)")
     args = parser.parse_args()
@@ -300,6 +378,7 @@ def main() -> None:
     found = np.linalg.norm(x, axis=1) > 0
     print(f"embedded in {time.perf_counter() - start:.1f}s; no face in {(~found).sum()} photos")
     x, names = x[found], names[found]
+    paths_found = [p for p, f in zip(paths, found, strict=True) if f]
     results = {"photos": len(names), "people": len(set(names.tolist())), "seeds": {}}
     for seed in [args.seed, *args.check_seeds]:
         cal = split_people(names, seed)
@@ -362,6 +441,9 @@ def main() -> None:
         print(f"seed {seed}:", json.dumps(entry))
         if seed == args.seed:
             main_curves = (curves_cal, curves_held, fs, chosen)
+    if args.build:
+        results["build_held_out"] = build_held_out(paths_found, names, ~split_people(names, args.seed))
+        print("build-dataset on the held-out half:", json.dumps(results["build_held_out"]))
     synth = []
     if args.synthetic_n:
         synth = synthetic(args.synthetic_n, args.dims, args.synthetic_methods)
