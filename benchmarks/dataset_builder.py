@@ -12,8 +12,10 @@ model loading of each worker, and the steady-state rate without it (per core = d
 
 Clustering: ``--cluster-n`` synthetic unit identity vectors of ``--dims`` dimensions: people with 2 to 30 photos
 each (geometric), same-person cosine about 0.75, different people about 0 (ArcFace-like); clustered by
-:func:`hifi_portrait.data.cluster_identities` (blocked exact k-NN graph + components + average-linkage refinement
-+ purification) at threshold 0.5; reported: seconds and pairwise precision / recall against the truth.
+:func:`hifi_portrait.data.cluster_identities` (default ``"average"`` method: blocked exact k-NN graph, components,
+exact average linkage inside mixed components, joining of split people by mean cross-pair cosine, outlier removal)
+at threshold 0.5; reported: seconds and pairwise precision / recall against the truth.
+benchmarks/identity_calibration.py compares the clustering methods on the same vectors.
 
 ``--write`` appends the numbers, date and machine to benchmarks/results/dataset_builder.md.
 """

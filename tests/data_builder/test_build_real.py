@@ -101,6 +101,20 @@ def test_outputs_manifest_stats_plots(clustered_build):
         entry = json.loads(line)
         roles = Counter(s["role"] for s in entry["samples"])
         assert roles["ref"] >= 1 and roles["target"] >= 1
+    # each identity records its tightness; the ones to review are listed in stats.json with their reasons
+    entries = [json.loads(line) for line in (out / "identities.jsonl").read_text().splitlines()]
+    names = {e["identity"] for e in entries}
+    for entry in entries:
+        t = entry["tightness"]
+        assert t["images"] == len(entry["samples"]) and -1 <= t["min_member_similarity"] <= t["mean_similarity"] <= 1
+        assert t["nearest"] in names - {entry["identity"]} and t["nearest_similarity"] < t["mean_similarity"]
+    threshold = stats["clustering"]["threshold"]
+    assert stats["clustering"]["method"] == "average" and threshold == stats["same_person_threshold"]
+    by_name = {e["identity"]: e["tightness"] for e in entries}
+    assert stats["uncertain_identities_total"] == len(stats["uncertain_identities"])
+    for review in stats["uncertain_identities"]:
+        t = by_name[review["identity"]]
+        assert review["reasons"] and (t["mean_similarity"] < threshold or t["nearest_similarity"] >= threshold - 0.1)
 
 
 def test_samples_carry_consistent_metadata(clustered_build):

@@ -117,3 +117,32 @@ def test_captioner_hook_errors():
         load_captioner("no_colon")
     with pytest.raises(ConfigError, match="could not be loaded"):
         load_captioner("hifi_portrait.data.captions:nothing_here")
+
+
+def test_person_split_over_knn_components_is_joined_back():
+    from hifi_portrait.data.cluster import graph_clusters
+
+    x, labels = synthetic_ids(4, 30, 64, noise=0.5)
+    params = ClusterParams(threshold=0.6, k=1)
+    # with 1 neighbour per photo, the k-NN graph cuts each person of 30 photos into pieces ...
+    assert graph_clusters(x, params).max() + 1 > 4
+    # ... which are joined back by their mean cross-pair similarity, without joining two people
+    assert pairwise_precision_recall(cluster_identities(x, params), labels) == (1.0, 1.0)
+
+
+def test_component_too_large_for_exact_linkage_is_split_first():
+    x, labels = synthetic_ids(3, 40, 64, noise=0.5)
+    params = ClusterParams(threshold=0.6, edge_threshold=0.0, max_exact=50)  # every edge kept: one component
+    pred = cluster_identities(x, params)
+    assert pairwise_precision_recall(pred, labels) == (1.0, 1.0)
+
+
+def test_unknown_method_is_refused():
+    from hifi_portrait.data.cluster import cluster_params
+    from hifi_portrait.data.config import ClusterConfig
+
+    with pytest.raises(ConfigError, match="cluster.method must be one of average, components"):
+        cluster_params(ClusterConfig(method="single"), "dlib-resnet-128")
+    with pytest.raises(ConfigError, match="set cluster.threshold"):
+        cluster_params(ClusterConfig(), "my-recognizer")
+    assert cluster_params(ClusterConfig(), "insightface-glintr100").threshold == pytest.approx(0.4)

@@ -3,9 +3,10 @@
 Output folder layout (see docs/dataset.md)::
 
     OUT/manifest.json          format, config, files with sha256 (written last: its presence means "complete")
-    OUT/identities.jsonl       one line per identity: name, shard, samples with roles
+    OUT/identities.jsonl       one line per identity: name, shard, samples with roles, tightness
     OUT/failures.jsonl         one line per input image that is not in the dataset: stage and reason
-    OUT/stats.json             counts, failures by stage, pose / quality / images-per-identity distributions
+    OUT/stats.json             counts, failures by stage, pose / quality / images-per-identity distributions,
+                               identities to review (loose, or close to another identity)
     OUT/plots/*.png            images per identity, pose distribution, quality histogram
     OUT/shards/shard-000000.tar          (webdataset)  or  shards/shard-000000.parquet + shards/files/...
     OUT/work/analysis/shard-*.npz        cached per-image analysis (resumption); safe to delete when done
@@ -27,11 +28,17 @@ from typing import Any
 import numpy as np
 
 from hifi_portrait.data.captions import load_captioner, template_caption
-from hifi_portrait.data.cluster import ClusterParams, centroids_of, cluster_identities, near_duplicates
-from hifi_portrait.data.config import BuilderConfig, same_person_threshold
+from hifi_portrait.data.cluster import (
+    centroids_of,
+    cluster_identities,
+    cluster_params,
+    identity_tightness,
+    near_duplicates,
+)
+from hifi_portrait.data.config import BuilderConfig
 from hifi_portrait.data.engines import get_engine, make_progress
 from hifi_portrait.data.inputs import InputItem, enumerate_inputs
-from hifi_portrait.data.report import build_stats, write_plots
+from hifi_portrait.data.report import build_stats, uncertain_identities, write_plots
 from hifi_portrait.data.select import choose_refs_and_targets, diversity_features
 from hifi_portrait.data.shards import ShardView, finished_shards, plan_shards, read_shard_summary, remove_stale
 from hifi_portrait.data.stages import (
@@ -147,6 +154,10 @@ def _analysis(
     return all_records, _Analysed(ok_records, stacked, refs), len(todo), len(done)
 
 
+#: Most identities listed for review in stats.json (``uncertain_identities_total`` counts them all).
+MAX_REVIEW = 1000
+
+
 def quality_reasons(record: dict[str, Any], pose: np.ndarray, cfg: BuilderConfig) -> list[str]:
     """Which quality thresholds a face fails (empty list = passes)."""
     q = cfg.quality
@@ -179,15 +190,7 @@ def assign_identities(
     Labelled records keep their label (minus identity outliers when ``cluster.purify_labeled``); unlabelled ones
     are clustered (``cluster-000000``, numbered by first appearance in key order).
     """
-    threshold = same_person_threshold(cfg.cluster, identity_model)
-    params = ClusterParams(
-        threshold=threshold,
-        k=cfg.cluster.k,
-        mutual=cfg.cluster.mutual,
-        outlier_threshold=cfg.cluster.outlier_threshold,
-        merge_threshold=cfg.cluster.merge_threshold,
-        index=cfg.cluster.index,
-    )
+    params = cluster_params(cfg.cluster, identity_model)
     outlier, _ = params.resolved()
     names = [""] * len(records)
     dropped: dict[int, str] = {}
@@ -336,6 +339,15 @@ def build_dataset(
             f"no identity has {cfg.selection.min_images} or more usable images; see {out_dir / 'failures.jsonl'}"
         )
 
+    # ---- how tight each identity is, and how close its nearest other identity (for review)
+    params = cluster_params(cfg.cluster, identity_model)
+    rows_all = np.array([j for _, rows in identities for j in rows], dtype=np.int64)
+    group_of = np.repeat(np.arange(len(identities)), [len(rows) for _, rows in identities])
+    tightness = {}
+    for (name, _), t in zip(identities, identity_tightness(vectors[rows_all], group_of), strict=True):
+        t["nearest"] = identities[t["nearest"]][0] if t["nearest"] >= 0 else None
+        tightness[name] = t
+
     # ---- selection of references / targets
     feats = diversity_features(pose, blend, cfg.selection.pose_scale, cfg.selection.expression_weight)
     plan = []  # (identity name, [(row, role)])
@@ -361,15 +373,20 @@ def build_dataset(
         captioner,
         identity_model,
         progress,
+        tightness,
     )
     failure_list = _write_failures(out_dir, failures)
     kept_rows = [j for _, rows in plan for j, _ in rows]
     extra = {
         "identity_model": identity_model,
         "labels": "from input" if labelled else "clustering",
-        "same_person_threshold": same_person_threshold(cfg.cluster, identity_model),
+        "same_person_threshold": params.threshold,
+        "clustering": {"method": params.method, "threshold": params.threshold, "edge_threshold": params.edge()},
         "format": cfg.output.format,
     }
+    review = uncertain_identities(tightness, params.threshold)
+    extra["uncertain_identities_total"] = len(review)
+    extra["uncertain_identities"] = review[:MAX_REVIEW]  # the most doubtful first
     stats = build_stats(len(items), failure_list, kept_meta, pose[kept_rows], quality[kept_rows], extra)
     atomic_write(out_dir / "stats.json", json.dumps(stats, indent=1, sort_keys=True).encode())
     files = [out_dir / "identities.jsonl", out_dir / "failures.jsonl", out_dir / "stats.json", *written]
@@ -412,7 +429,20 @@ def build_dataset(
 
 
 def _write_output(
-    out_dir, cfg, plan, recs, analysed, passing, vectors, pose, blend, item_by_key, captioner, identity_model, progress
+    out_dir,
+    cfg,
+    plan,
+    recs,
+    analysed,
+    passing,
+    vectors,
+    pose,
+    blend,
+    item_by_key,
+    captioner,
+    identity_model,
+    progress,
+    tightness,
 ):
     """Write the dataset shards and ``identities.jsonl``; return (sample metadata list, files written)."""
     from tqdm.auto import tqdm
@@ -484,7 +514,12 @@ def _write_output(
             written += [path, *files]
         for name, _ in chunk:
             identity_lines.append(
-                {"identity": name, "shard": str(path.relative_to(out_dir)), "samples": by_identity[name]}
+                {
+                    "identity": name,
+                    "shard": str(path.relative_to(out_dir)),
+                    "samples": by_identity[name],
+                    "tightness": tightness[name],
+                }
             )
     bar.close()
     atomic_write(

@@ -1,16 +1,28 @@
 """Identity clustering of unit identity vectors, and cluster purification.
 
-1. k-NN graph with faiss (exact inner product below ``FLAT_LIMIT`` vectors, exact inside k-means blocks above, or
-   faiss IVF / HNSW on request), edges kept when the
-   cosine similarity reaches the same-person threshold (optionally only mutual k-NN edges);
-2. connected components of that graph (scipy's C implementation, i.e. union-find); components that are not
-   tight around their centroid are re-clustered with average linkage (which does not chain people together);
-3. purification: members whose cosine to their cluster centroid is below ``outlier_threshold`` are dropped
-   (label ``-1``: they break the "single link" chains), clusters whose centroids are closer than
-   ``merge_threshold`` are merged (one person split in two), and near-duplicate images (same aligned face up to
-   a few bits of a perceptual hash, near-identical identity vector) are dropped, keeping the best-quality one.
+Default method, ``"average"`` (average linkage on a k-NN graph; it does not chain two people together):
 
-:func:`pairwise_precision_recall` scores a clustering against labels (pairs of images put together).
+1. k-NN graph with faiss (exact inner product below ``FLAT_LIMIT`` vectors, exact inside k-means blocks above, or
+   faiss IVF / HNSW on request), edges kept when the cosine similarity reaches ``edge_threshold`` (optionally only
+   mutual k-NN edges);
+2. connected components of that graph (scipy's C implementation, i.e. union-find). A component whose members all
+   have a mean similarity to the other members of at least ``threshold`` is one identity (checked for every
+   component at once from per-component vector sums). The others are re-clustered with exact average linkage cut
+   at ``threshold``: two groups join only when the *mean* similarity of all their cross pairs reaches it, so one
+   look-alike pair cannot merge two people. Components too large for the exact step are split first by raising
+   the edge threshold inside them;
+3. purification: members whose cosine to their cluster centroid is below ``outlier_threshold`` are dropped
+   (label ``-1``). Clusters are never merged on centroid similarity (centroids are more similar than members).
+
+``"components"`` is the previous method, kept for comparison (benchmarks/identity_calibration.py): connected
+components at ``threshold``, average linkage only inside components that are loose around their centroid, then
+centroid merging at ``merge_threshold``. It merges look-alike people.
+
+Thresholds per identity model come from labelled photos (:data:`CLUSTER_THRESHOLDS`, measured by
+benchmarks/identity_calibration.py). :func:`identity_tightness` measures each identity's internal similarity and its
+nearest other identity; :func:`pairwise_precision_recall` scores a clustering against labels. Near-duplicate images
+(same aligned face up to a few bits of a perceptual hash, near-identical identity vector) are found by
+:func:`near_duplicates`.
 """
 
 from __future__ import annotations
@@ -26,11 +38,78 @@ from scipy.sparse.csgraph import connected_components
 logger = logging.getLogger(__name__)
 
 FLAT_LIMIT = 20_000
+METHODS = ("average", "components")
+
+#: Calibrated clustering thresholds per identity model: ``(threshold, edge_threshold)`` of the ``"average"``
+#: method (mean cross-pair cosine to join two groups; cosine of a candidate k-NN edge and mean cosine for a lone
+#: photo to rejoin a group). Measured on the calibration half (20 people) of tests/data/calib + tests/data/ids by
+#: benchmarks/identity_calibration.py, precision first: the strictest threshold whose pairwise recall stays >= 0.9,
+#: then the strictest edge threshold reaching the best recall at the same precision; held-out half: pairwise
+#: precision 1.0, recall 1.0 (benchmarks/results/identity_calibration.md).
+CLUSTER_THRESHOLDS = {"dlib-resnet-128": (0.9275, 0.9075)}
+#: ArcFace-like models (``insightface-*``): NOT calibrated here (no model files offline); the usual ArcFace
+#: verification range. Set ``cluster.threshold`` from your own labelled photos.
+ARCFACE_CLUSTER_THRESHOLDS = (0.4, 0.35)
+
+
+def default_cluster_thresholds(identity_model: str) -> tuple[float, float]:
+    """``(threshold, edge_threshold)`` of the ``"average"`` method for ``identity_model``.
+
+    Raises:
+        ConfigError: no default is known for that model (set ``cluster.threshold``).
+    """
+    from hifi_portrait.errors import ConfigError
+
+    if identity_model in CLUSTER_THRESHOLDS:
+        return CLUSTER_THRESHOLDS[identity_model]
+    if identity_model.startswith("insightface") or "arcface" in identity_model.lower():
+        return ARCFACE_CLUSTER_THRESHOLDS
+    raise ConfigError(
+        f"no default clustering threshold for identity model {identity_model!r}; set cluster.threshold in the config "
+        "(measure one with benchmarks/identity_calibration.py on labelled photos)"
+    )
+
+
+def cluster_params(config, identity_model: str) -> ClusterParams:
+    """The :class:`ClusterParams` of a builder ``ClusterConfig`` (calibrated defaults for ``None`` thresholds).
+
+    Raises:
+        ConfigError: unknown ``cluster.method``, or no default threshold for ``identity_model``.
+    """
+    from hifi_portrait.errors import ConfigError
+
+    if config.method not in METHODS:
+        raise ConfigError(f"cluster.method must be one of {', '.join(METHODS)}, not {config.method!r}")
+    threshold, edge = config.threshold, config.edge_threshold
+    if threshold is None:
+        threshold, default_edge = default_cluster_thresholds(identity_model)
+        edge = default_edge if edge is None else edge
+    return ClusterParams(
+        threshold=float(threshold),
+        k=config.k,
+        mutual=config.mutual,
+        outlier_threshold=config.outlier_threshold,
+        merge_threshold=config.merge_threshold,
+        index=config.index,
+        method=config.method,
+        edge_threshold=edge,
+    )
 
 
 @dataclass
 class ClusterParams:
-    """Resolved clustering parameters (no ``None``: defaults already derived from the threshold)."""
+    """Clustering parameters (``None`` fields are derived from ``threshold`` by :meth:`resolved` / :meth:`edge`).
+
+    Attributes:
+        threshold: ``"average"``: mean cross-pair cosine at which two groups are one person; ``"components"``:
+            cosine of an edge.
+        edge_threshold: ``"average"`` only: cosine of a k-NN edge between candidates (``<= threshold``; ``None`` =
+            ``threshold``). Lower finds photos of a person that are only similar on average.
+        outlier_threshold: drop members whose cosine to their cluster centroid is below (``None``: the edge
+            threshold for ``"average"``, ``threshold`` for ``"components"``).
+        merge_threshold: ``"components"`` only: merge clusters whose centroids are closer.
+        max_exact: largest component clustered by exact average linkage (bigger ones are split first).
+    """
 
     threshold: float
     k: int = 10
@@ -38,9 +117,20 @@ class ClusterParams:
     outlier_threshold: float | None = None
     merge_threshold: float | None = None
     index: str = "auto"
+    method: str = "average"
+    edge_threshold: float | None = None
+    max_exact: int = 2000
+
+    def edge(self) -> float:
+        """The k-NN edge threshold in use."""
+        if self.method != "average" or self.edge_threshold is None:
+            return float(self.threshold)
+        return float(min(self.edge_threshold, self.threshold))
 
     def resolved(self) -> tuple[float, float]:
-        outlier = self.threshold if self.outlier_threshold is None else self.outlier_threshold
+        """``(outlier threshold, merge threshold)`` in use (merge is unused by ``"average"``)."""
+        default_outlier = self.edge() if self.method == "average" else self.threshold
+        outlier = default_outlier if self.outlier_threshold is None else self.outlier_threshold
         merge = (
             self.threshold + 0.25 * (1.0 - self.threshold) if self.merge_threshold is None else self.merge_threshold
         )
@@ -246,21 +336,217 @@ def centroids_of(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return _normalize(np.asarray(members @ vectors))
 
 
+def graph_edges(vectors: np.ndarray, params: ClusterParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges ``(rows, cols, cosine)`` of the k-NN graph with cosine ``>= params.edge()`` (both directions may
+    appear; only mutual k-NN pairs when ``params.mutual``)."""
+    n = len(vectors)
+    sims, idx = knn_search(vectors, params.k + 1, params.index)
+    rows = np.repeat(np.arange(n), idx.shape[1])
+    cols = idx.ravel()
+    sims = sims.ravel()
+    keep = (cols >= 0) & (sims >= params.edge()) & (cols != rows)
+    rows, cols, sims = rows[keep], cols[keep], sims[keep]
+    if params.mutual:
+        codes = rows.astype(np.int64) * n + cols
+        mutual = np.isin(cols.astype(np.int64) * n + rows, codes)
+        rows, cols, sims = rows[mutual], cols[mutual], sims[mutual]
+    return rows, cols, sims
+
+
 def graph_clusters(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:
     """Connected components of the thresholded k-NN graph: ``(N,)`` int64 cluster ids ``0..C-1``."""
     n = len(vectors)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    sims, idx = knn_search(vectors, params.k + 1, params.index)
-    rows = np.repeat(np.arange(n), idx.shape[1])
-    cols = idx.ravel()
-    keep = (cols >= 0) & (sims.ravel() >= params.threshold) & (cols != rows)
-    rows, cols = rows[keep], cols[keep]
-    if params.mutual:
-        codes = rows.astype(np.int64) * n + cols
-        mutual = np.isin(cols.astype(np.int64) * n + rows, codes)
-        rows, cols = rows[mutual], cols[mutual]
+    rows, cols, _ = graph_edges(vectors, params)
     return _components(n, rows, cols)
+
+
+def _member_mean_similarity(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean cosine of each member to the other members of its cluster (1 for singletons), cluster sizes)``.
+
+    From per-cluster vector sums ``S``: ``x_i . S = 1 + sum_{j != i} x_i . x_j`` (unit vectors), one pass.
+    """
+    from scipy.sparse import csr_matrix
+
+    n_clusters = int(labels.max()) + 1
+    members = csr_matrix(
+        (np.ones(len(labels), dtype=np.float32), (labels, np.arange(len(labels)))), shape=(n_clusters, len(labels))
+    )
+    sums = np.asarray(members @ vectors, dtype=np.float32)
+    sizes = np.bincount(labels, minlength=n_clusters)
+    dots = _rowwise_dot(vectors, sums, labels)
+    others = np.maximum(sizes[labels] - 1, 1)
+    return np.where(sizes[labels] > 1, (dots - 1.0) / others, 1.0), sizes
+
+
+def _split_large(n: int, rows, cols, sims, labels: np.ndarray, threshold: float, max_size: int) -> np.ndarray:
+    """Split components larger than ``max_size`` by raising the edge threshold inside them, step by step."""
+    sizes = np.bincount(labels)
+    big = sizes > max_size
+    level = threshold
+    while big.any() and level < 0.999:
+        level = level + 0.1 * (1.0 - level)
+        inside = big[labels[rows]]
+        keep = ~inside | (sims >= level)
+        rows, cols, sims = rows[keep], cols[keep], sims[keep]
+        labels = _components(n, rows, cols)
+        sizes = np.bincount(labels)
+        big = sizes > max_size
+    if big.any():
+        logger.warning("%d identity clusters of > %d images left unsplit", int(big.sum()), max_size)
+    return labels
+
+
+def average_linkage_clusters(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:
+    """The ``"average"`` method without purification: ``(N,)`` int64 cluster ids ``0..C-1`` (see module doc)."""
+    n = len(vectors)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    rows, cols, sims = graph_edges(vectors, params)
+    labels = _components(n, rows, cols)
+    labels = _split_large(n, rows, cols, sims, labels, params.edge(), params.max_exact)
+    labels = _refine_mixed(vectors, labels, params)
+    # one person split over k-NN components (more photos than k neighbours reach): join clusters whose mean
+    # cross-pair cosine (exact, from vector sums; not the cosine of their centroids) reaches the threshold, then
+    # re-check the joined groups member by member like any component
+    merged = _join_by_mean_similarity(vectors, labels, params.threshold)
+    if merged.max() < labels.max():
+        labels = _refine_mixed(vectors, merged[labels], params)
+    return labels
+
+
+def _join_by_mean_similarity(vectors: np.ndarray, labels: np.ndarray, threshold: float, k: int = 8) -> np.ndarray:
+    """``(C,)`` new id of each cluster: clusters linked when their mean cross-pair cosine is ``>= threshold``."""
+    from scipy.sparse import csr_matrix
+
+    n_clusters = int(labels.max()) + 1
+    if n_clusters < 2:
+        return np.arange(n_clusters)
+    members = csr_matrix(
+        (np.ones(len(labels), dtype=np.float32), (labels, np.arange(len(labels)))), shape=(n_clusters, len(labels))
+    )
+    sizes = np.bincount(labels, minlength=n_clusters).astype(np.float32)
+    means = np.asarray(members @ vectors, dtype=np.float32) / sizes[:, None]
+    _, idx = knn_search(_normalize(means), min(n_clusters, k + 1), "auto")
+    cross = np.where(idx >= 0, _rowwise_dot(means, means, np.maximum(idx, 0)), -np.inf)
+    rows = np.repeat(np.arange(n_clusters), idx.shape[1])
+    keep = (cross.ravel() >= threshold) & (idx.ravel() != rows) & (idx.ravel() >= 0)
+    return _components(n_clusters, rows[keep], idx.ravel()[keep])
+
+
+def _refine_mixed(vectors: np.ndarray, labels: np.ndarray, params: ClusterParams) -> np.ndarray:
+    """Re-cluster with exact average linkage every group that has a member whose mean cosine to the others is
+    below the threshold (groups above ``params.max_exact`` members are left as they are)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    mean_sim, sizes = _member_mean_similarity(vectors, labels)
+    mixed = np.zeros(len(sizes), dtype=bool)
+    mixed[labels[mean_sim < params.threshold]] = True
+    mixed &= (sizes > 1) & (sizes <= params.max_exact)
+    out = labels.copy()
+    next_id = len(sizes)
+    candidates = np.flatnonzero(mixed[labels])
+    candidates = candidates[np.argsort(labels[candidates], kind="stable")]
+    groups = np.split(candidates, np.flatnonzero(np.diff(labels[candidates])) + 1) if len(candidates) else []
+    for members in groups:
+        x = vectors[members].astype(np.float64)
+        dist = np.clip(1.0 - x @ x.T, 0.0, 2.0)
+        condensed = dist[np.triu_indices(len(members), 1)]
+        parts = fcluster(linkage(condensed, method="average"), t=1.0 - params.threshold, criterion="distance") - 1
+        if params.edge() < params.threshold:
+            parts = _attach_singles(x, parts, params.edge())
+        for p in np.unique(parts)[1:]:
+            out[members[parts == p]] = next_id
+            next_id += 1
+    return _relabel(out)
+
+
+def _attach_singles(x: np.ndarray, parts: np.ndarray, attach: float) -> np.ndarray:
+    """Put each single image of ``parts`` into the group (of 2+) of highest mean cosine, if that mean >= ``attach``.
+
+    A photo unlike the others of its person (profile, blur) falls below the average-linkage threshold; it rejoins
+    them when its mean similarity over *all* of them is high enough: one look-alike image is not enough.
+    """
+    sizes = np.bincount(parts)
+    groups = np.flatnonzero(sizes >= 2)
+    singles = np.flatnonzero(sizes[parts] == 1)
+    if not len(groups) or not len(singles):
+        return parts
+    sims = x[singles] @ x.T
+    means = np.stack([sims[:, parts == g].mean(axis=1) for g in groups], axis=1)
+    best = means.argmax(axis=1)
+    ok = means[np.arange(len(singles)), best] >= attach
+    parts = parts.copy()
+    parts[singles[ok]] = groups[best[ok]]
+    return parts
+
+
+def drop_outliers(vectors: np.ndarray, labels: np.ndarray, outlier_threshold: float) -> np.ndarray:
+    """Label ``-1`` the members (of clusters of 2+) whose cosine to their cluster centroid is below the threshold.
+
+    Two passes: the centroid moves once its outliers are gone.
+    """
+    labels = labels.copy()
+    for _ in range(2):
+        cents = centroids_of(vectors, labels)
+        if len(cents) == 0:
+            break
+        valid = labels >= 0
+        sim = _rowwise_dot(vectors, cents, np.maximum(labels, 0))
+        sizes = np.bincount(labels[valid], minlength=len(cents))
+        drop = valid & (sim < outlier_threshold) & (sizes[np.maximum(labels, 0)] > 1)
+        labels[drop] = -1
+        labels = _relabel(labels)
+    return labels
+
+
+def identity_tightness(vectors: np.ndarray, labels: np.ndarray, k: int = 8) -> list[dict[str, float | int]]:
+    """How tight each cluster ``0..C-1`` is, and how close its nearest other cluster is.
+
+    Returns one dict per cluster: ``images``, ``mean_similarity`` (mean cosine over its pairs of images; 1 for a
+    single image), ``min_member_similarity`` (lowest mean cosine of one image to the others), ``nearest`` (id of
+    the other cluster with the highest mean cross-pair cosine among the ``k`` nearest centroids, ``-1`` if none)
+    and ``nearest_similarity`` (that mean cross-pair cosine: averaged over every pair, not between centroids).
+    """
+    vectors = _normalize(vectors)
+    valid = labels >= 0
+    if not valid.any():
+        return []
+    lab = labels[valid]
+    x = vectors[valid]
+    mean_member, sizes = _member_mean_similarity(x, lab)
+    n_clusters = len(sizes)
+    from scipy.sparse import csr_matrix
+
+    members = csr_matrix(
+        (np.ones(len(lab), dtype=np.float32), (lab, np.arange(len(lab)))), shape=(n_clusters, len(lab))
+    )
+    means = np.asarray(members @ x, dtype=np.float64) / sizes[:, None]
+    sq = np.einsum("cd,cd->c", means, means)
+    within = np.where(sizes > 1, (sizes**2 * sq - sizes) / np.maximum(sizes * (sizes - 1), 1), 1.0)
+    min_member = np.ones(n_clusters)
+    np.minimum.at(min_member, lab, mean_member)
+    nearest = np.full(n_clusters, -1, dtype=np.int64)
+    nearest_sim = np.full(n_clusters, np.nan)
+    if n_clusters > 1:
+        _, idx = knn_search(_normalize(means.astype(np.float32)), min(n_clusters, k + 1), "auto")
+        idx = np.where(idx == np.arange(n_clusters)[:, None], -1, idx)
+        cross = np.where(idx >= 0, _rowwise_dot(means, means, np.maximum(idx, 0)), -np.inf)
+        best = np.argmax(cross, axis=1)
+        found = np.isfinite(cross[np.arange(n_clusters), best])
+        nearest[found] = idx[np.arange(n_clusters), best][found]
+        nearest_sim[found] = cross[np.arange(n_clusters), best][found]
+    return [
+        {
+            "images": int(sizes[c]),
+            "mean_similarity": round(float(within[c]), 4),
+            "min_member_similarity": round(float(min_member[c]), 4),
+            "nearest": int(nearest[c]),
+            "nearest_similarity": None if np.isnan(nearest_sim[c]) else round(float(nearest_sim[c]), 4),
+        }
+        for c in range(n_clusters)
+    ]
 
 
 def refine_components(vectors: np.ndarray, labels: np.ndarray, threshold: float, tight: float, max_size: int = 2000):
@@ -299,18 +585,9 @@ def refine_components(vectors: np.ndarray, labels: np.ndarray, threshold: float,
 
 
 def purify(vectors: np.ndarray, labels: np.ndarray, outlier_threshold: float, merge_threshold: float) -> np.ndarray:
-    """Drop members far from their cluster centroid (label ``-1``), then merge clusters with close centroids."""
-    labels = labels.copy()
-    for _ in range(2):  # the centroid moves once its outliers are gone: a second pass settles it
-        cents = centroids_of(vectors, labels)
-        if len(cents) == 0:
-            break
-        valid = labels >= 0
-        sim = _rowwise_dot(vectors, cents, np.maximum(labels, 0))
-        sizes = np.bincount(labels[valid], minlength=len(cents))
-        drop = valid & (sim < outlier_threshold) & (sizes[np.maximum(labels, 0)] > 1)
-        labels[drop] = -1
-        labels = _relabel(labels)
+    """``"components"`` method: drop members far from their centroid (label ``-1``), then merge clusters with
+    close centroids (this merges look-alike people; the ``"average"`` method does not merge)."""
+    labels = drop_outliers(vectors, labels, outlier_threshold)
     # merge: clusters whose centroids are closer than merge_threshold
     cents = centroids_of(vectors, labels)
     if len(cents) > 1:
@@ -327,11 +604,17 @@ def purify(vectors: np.ndarray, labels: np.ndarray, outlier_threshold: float, me
 
 def cluster_identities(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:
     """Cluster identity vectors: ``(N,)`` int64 ids ``0..C-1``, ``-1`` for outliers removed by purification."""
+    if params.method not in METHODS:
+        raise ValueError(f"unknown clustering method {params.method!r}; one of {', '.join(METHODS)}")
     vectors = _normalize(vectors)
-    labels = graph_clusters(vectors, params)
     outlier, merge = params.resolved()
-    labels = refine_components(vectors, labels, params.threshold, tight=merge)
-    labels = purify(vectors, labels, outlier, merge)
+    if params.method == "average":
+        labels = average_linkage_clusters(vectors, params)
+        labels = drop_outliers(vectors, labels, outlier)
+    else:
+        labels = graph_clusters(vectors, params)
+        labels = refine_components(vectors, labels, params.threshold, tight=merge)
+        labels = purify(vectors, labels, outlier, merge)
     logger.info(
         "clustered %d vectors into %d identities (%d outliers dropped)",
         len(vectors),

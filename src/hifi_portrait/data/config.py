@@ -44,11 +44,19 @@ class ClusterConfig(ConfigModel):
 
     _docs = "docs/dataset.md#configuration"
 
+    method: Literal["average", "components"] = Field(
+        "average", description="average linkage on the k-NN graph, or components (the previous method)"
+    )
     threshold: Float | None = Field(None, gt=0, lt=1, description="same-person cosine; null = by identity model")
+    edge_threshold: Float | None = Field(
+        None, gt=0, lt=1, description="cosine of a candidate k-NN edge (average only); null = threshold"
+    )
     k: int = Field(10, ge=1, le=1000, description="neighbours per image in the k-NN graph")
     mutual: bool = Field(False, description="keep only mutual k-NN edges")
     outlier_threshold: Float | None = Field(None, ge=0, lt=1, description="cosine to the centroid; null = auto")
-    merge_threshold: Float | None = Field(None, gt=0, le=1, description="centroid cosine to merge; null = auto")
+    merge_threshold: Float | None = Field(
+        None, gt=0, le=1, description="components only: centroid cosine to merge; null = auto"
+    )
     duplicate_hash_distance: int = Field(6, ge=-1, le=64, description="dHash Hamming distance; -1 = keep duplicates")
     duplicate_cosine: Float = Field(0.97, gt=0, le=1, description="identity cosine of near-duplicates")
     index: Literal["auto", "flat", "blocked", "ivf", "hnsw"] = Field("auto", description="k-NN search")

@@ -71,6 +71,33 @@ def build_stats(
     return stats
 
 
+def uncertain_identities(tightness: dict[str, dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """Identities a user should look at, most doubtful first: loose ones, and ones close to another identity.
+
+    ``tightness``: per identity name, :func:`hifi_portrait.data.cluster.identity_tightness`'s record (``nearest``
+    as a name). An identity is *loose* when the mean cosine over its pairs of images is below ``threshold`` (the
+    clustering threshold) or one image's mean cosine to the others is below ``threshold - (1 - threshold)``; it is
+    *close to* another when the mean cosine over their cross pairs reaches ``threshold - (1 - threshold) / 4``
+    (the same or very similar looking people, possibly one person split in two).
+    """
+    loose_member = threshold - (1.0 - threshold)
+    near = threshold - (1.0 - threshold) / 4
+    out = []
+    for name, t in sorted(tightness.items()):
+        reasons = []
+        if t["images"] > 1 and t["mean_similarity"] < threshold:
+            reasons.append(f"mean similarity of its images {t['mean_similarity']:.3f} < {threshold:.3f}")
+        if t["images"] > 1 and t["min_member_similarity"] < loose_member:
+            reasons.append(f"one image has mean similarity {t['min_member_similarity']:.3f} < {loose_member:.3f}")
+        if t["nearest"] is not None and t["nearest_similarity"] >= near:
+            reasons.append(f"close to {t['nearest']} (mean similarity {t['nearest_similarity']:.3f} >= {near:.3f})")
+        if reasons:
+            margin = min(t["mean_similarity"] - threshold, near - (t["nearest_similarity"] or -1.0))
+            out.append({"identity": name, "reasons": reasons, **t, "_margin": margin})
+    out.sort(key=lambda r: (r["_margin"], r["identity"]))
+    return [{k: v for k, v in r.items() if k != "_margin"} for r in out]
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})

@@ -59,7 +59,7 @@ class DlibEmbedder:
     ~7x faster here) or in dlib itself (``backend="dlib"``).
 
     dlib's descriptors are designed for Euclidean distance < 0.6 = same person; on unit-normalized vectors our
-    measured separation is around cosine 0.91 (see :data:`hifi_portrait.face.face_set.SAME_PERSON_THRESHOLDS`).
+    calibrated same-person threshold is cosine 0.905 (see :data:`hifi_portrait.face.face_set.SAME_PERSON_THRESHOLDS`).
 
     Args:
         backend: ``"torch"`` (default) or ``"dlib"``.
@@ -69,7 +69,7 @@ class DlibEmbedder:
 
     name = "dlib-resnet-128"
     dim = 128
-    same_person_threshold = 0.91
+    same_person_threshold = 0.905  # calibrated: see hifi_portrait.face.face_set.SAME_PERSON_THRESHOLDS
 
     def __init__(self, backend: str = "torch", num_threads: int = 1, num_jitters: int = 0) -> None:
         if backend not in ("torch", "dlib"):

@@ -13,7 +13,10 @@ safetensors metadata (all values are strings):
 * ``format`` = ``"hifi-portrait-adapter"``, ``format_version`` = ``"1"``;
 * ``parts``: JSON list of the namespaces present (any non-empty subset of the three);
 * ``face_refiner_config`` / ``hifi_net_config``: the models' diffusers configs as JSON;
-* ``ip_attn_config``: JSON ``{"num_tokens": T, "scale": s, "layers": {name: [hidden_size, cross_attention_dim]}}``.
+* ``ip_attn_config``: JSON ``{"num_tokens": T, "scale": s, "layers": {name: [hidden_size, cross_attention_dim]}}``;
+* ``identity_model`` (when known, e.g. ``"dlib-resnet-128"``) and ``identity_dim`` (with a face refiner): the
+  identity vectors the adapter was trained on. References analysed with another identity model are refused
+  (:func:`check_identity_model`): their vectors would be read as the wrong tokens.
 
 The models can be built from the file alone. Reading never unpickles anything, and nothing in the file can make
 the loader read another path or the network (configs are JSON objects, never strings).
@@ -65,6 +68,7 @@ __all__ = [
     "HIFI_NET_SCHEMA",
     "IP_ATTN_SCHEMA",
     "PARTS",
+    "check_identity_model",
     "check_state_dict",
     "expected_shapes",
     "load_adapter_tensors",
@@ -142,6 +146,7 @@ def write_adapter_file(
     ip_scale: float = 1.0,
     overwrite: bool = False,
     extra_metadata: dict[str, str] | None = None,
+    identity_model: str | None = None,
 ) -> Path:
     """Write the parts given into one ``.safetensors`` file.
 
@@ -152,6 +157,7 @@ def write_adapter_file(
         ip_num_tokens: ``T`` (defaults to the processors' ``num_tokens``).
         overwrite: replace an existing file (otherwise :class:`FileExistsError`).
         extra_metadata: more string metadata (e.g. training step, base model name).
+        identity_model: the ``FaceAnalysis.identity_model`` of the training data (recorded, checked at use).
 
     Returns:
         The path written.
@@ -187,6 +193,10 @@ def write_adapter_file(
     if not parts:
         raise ValueError("nothing to save: give at least one of face_refiner, hifi_net, ip_attn")
     meta["parts"] = json.dumps(parts)
+    if identity_model:
+        meta["identity_model"] = str(identity_model)
+    if face_refiner is not None and "id_embed_dim" in face_refiner.config:
+        meta["identity_dim"] = str(int(face_refiner.config["id_embed_dim"]))
     for key, value in (extra_metadata or {}).items():
         meta[str(key)] = str(value)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +205,29 @@ def write_adapter_file(
     tmp.replace(path)
     logger.info("wrote hifi-portrait adapter %s (%s, %d tensors)", path, ", ".join(parts), len(tensors))
     return path
+
+
+def check_identity_model(metadata: dict[str, str], identity_model: str | None, where: str) -> None:
+    """Refuse identity vectors of another identity model than the adapter's (when both are known).
+
+    Raises:
+        WeightsMismatchError: the adapter records ``identity_model`` X and the references were analysed with Y.
+    """
+    trained = metadata.get("identity_model")
+    if not trained or not identity_model or trained == identity_model:
+        return
+    dim = metadata.get("identity_dim", "?")
+    hint = (
+        "FaceAnalyzer(insightface_dir=<the insightface model folder>)"
+        if trained.startswith("insightface")
+        else "the default FaceAnalyzer()"
+        if trained.startswith("dlib")
+        else f"a FaceAnalyzer whose embedder is {trained!r}"
+    )
+    raise WeightsMismatchError(
+        f"{where}: the adapter was trained on {trained} identity vectors ({dim}-d) but the references were "
+        f"analysed with {identity_model}; analyse them with {hint}, or load an adapter trained for {identity_model}."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- reading

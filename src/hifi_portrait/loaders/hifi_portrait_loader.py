@@ -22,6 +22,7 @@ from safetensors import safe_open
 from hifi_portrait.errors import AdapterFormatError, WeightsMismatchError
 from hifi_portrait.loaders.adapter_file import (
     AdapterFile,
+    check_identity_model,
     load_adapter_tensors,
     read_adapter_header,
     write_adapter_file,
@@ -106,7 +107,8 @@ class HiFiPortraitLoaderMixin:
             ModelFilesMissingError: no such file.
             AdapterFormatError: a malformed file (bad header or metadata, wrong types, sizes out of bounds, integer
                 or float64 tensors, layers that are not the UNet's text cross-attentions).
-            WeightsMismatchError: missing/unexpected/misshaped keys (named), or another base architecture.
+            WeightsMismatchError: missing/unexpected/misshaped keys (named), another base architecture, or
+                ``self.face_analyzer`` embeds with another identity model than the one the adapter was trained on.
         """
         adapter = read_adapter_header(path)
         if id_scale is not None and not math.isfinite(float(id_scale)):
@@ -121,6 +123,8 @@ class HiFiPortraitLoaderMixin:
                 model = cls.from_config(adapter.configs[part])
                 model.load_state_dict(adapter.tensors[part], strict=True)
                 built[part] = model.to(device=device, dtype=dtype).eval()
+        analyzer = getattr(self, "face_analyzer", None)
+        check_identity_model(adapter.metadata, getattr(getattr(analyzer, "embedder", None), "name", None), str(path))
         before = self._adapter_state()
         try:  # commit: nothing below depends on the file's validity any more; undone if anything still fails
             if "ip_attn" in adapter.configs:
@@ -130,6 +134,9 @@ class HiFiPortraitLoaderMixin:
         except BaseException:
             self._restore_adapter_state(before)
             raise
+        self.adapter_identity = {
+            k: adapter.metadata[k] for k in ("identity_model", "identity_dim") if k in adapter.metadata
+        }
         logger.info("loaded hifi-portrait adapter %s: %s", adapter.path, ", ".join(adapter.parts))
         return adapter.parts
 

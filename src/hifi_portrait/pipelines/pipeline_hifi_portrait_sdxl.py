@@ -337,6 +337,12 @@ class StableDiffusionXLHiFiPortraitPipeline(StableDiffusionXLControlNetPipeline,
             faces = list(faces)
             if not faces:
                 raise NoUsableReferencesError("no reference faces were given")
+            from hifi_portrait.loaders.adapter_file import check_identity_model
+
+            for face in faces:
+                check_identity_model(
+                    getattr(self, "adapter_identity", {}), getattr(face, "identity_model", None), "references"
+                )
             id_embeds = torch.from_numpy(np.stack([np.asarray(f.identity, dtype=np.float32) for f in faces]))
             quality = torch.tensor([float(getattr(getattr(f, "quality", None), "total", 1.0)) for f in faces])
             if patch_tokens is None:

@@ -33,6 +33,7 @@ def save_adapter(model, path: str | Path, extra_metadata: dict[str, str] | None 
         ip_scale=scale,
         overwrite=True,
         extra_metadata=extra_metadata,
+        identity_model=getattr(model, "identity_model", None),
     )
 
 

@@ -194,6 +194,7 @@ def train(
         base.unet, cfg.model, dims.id_embed_dim, dims.patch_dim, dims.num_patches
     )
     model = HiFiPortraitTrainingModel(base.unet, face_refiner, hifi_net, processors)
+    model.identity_model = getattr(dataset, "manifest", {}).get("identity_model")  # recorded in the adapter file
     if cfg.model.adapter_init:
         adapter_io.load_adapter_into(model, cfg.model.adapter_init)
 
