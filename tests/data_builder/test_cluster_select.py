@@ -141,8 +141,8 @@ def test_unknown_method_is_refused():
     from hifi_portrait.data.cluster import cluster_params
     from hifi_portrait.data.config import ClusterConfig
 
-    with pytest.raises(ConfigError, match="cluster.method must be one of average, components"):
-        cluster_params(ClusterConfig(method="single"), "dlib-resnet-128")
+    with pytest.raises(ConfigError, match="method must be one of 'average' or 'components'; got 'single'"):
+        ClusterConfig(method="single")  # the config layer refuses it before any clustering
     with pytest.raises(ConfigError, match="set cluster.threshold"):
         cluster_params(ClusterConfig(), "my-recognizer")
     assert cluster_params(ClusterConfig(), "insightface-glintr100").threshold == pytest.approx(0.4)
