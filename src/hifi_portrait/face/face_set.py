@@ -107,7 +107,7 @@ class FaceSet:
             outliers = _outliers(sim, median, thr)
         elif n == 2 and sim[0, 1] < thr:
             logger.warning(
-                "the two references have identity similarity %.3f < %.2f: they are probably different people "
+                "the two references have identity similarity %.3f < %.3f: they are probably different people "
                 "(add a third photo to tell which one differs)",
                 sim[0, 1],
                 thr,
@@ -117,7 +117,7 @@ class FaceSet:
         fused = l2_normalize((weights[:, None] * emb[keep]).sum(0))
         for i in outliers:
             logger.warning(
-                "reference %s is probably not the same person as the others (median similarity %.3f < %.2f)",
+                "reference %s is probably not the same person as the others (median similarity %.3f < %.3f)",
                 analyses[i].source,
                 median[i],
                 thr,
