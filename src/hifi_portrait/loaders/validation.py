@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from hifi_portrait.errors import AdapterFormatError
+from hifi_portrait.utils.config_files import json_depth
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -170,28 +171,6 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _depth(text: str) -> int:
-    """Deepest nesting of ``[``/``{`` outside strings (JSON of weight files is 3 levels deep)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
 def strict_json(text: str, field: str, path: Path | str, hint: str = "") -> Any:
     """Parse the metadata string ``field`` of ``path``; raise :class:`AdapterFormatError` naming it when it is not
     strict JSON (syntax error, duplicate key, NaN/Infinity, integer of thousands of digits, nesting too deep) or
@@ -201,7 +180,7 @@ def strict_json(text: str, field: str, path: Path | str, hint: str = "") -> Any:
             f"{path}: metadata {field!r} is {len(text)} characters long, more than the {LIMITS['json_chars']} a "
             f"hifi-portrait config can need. {hint}".rstrip()
         )
-    if _depth(text) > LIMITS["json_depth"]:
+    if json_depth(text) > LIMITS["json_depth"]:
         raise AdapterFormatError(
             f"{path}: metadata {field!r} is nested more than {LIMITS['json_depth']} levels deep; it is not a "
             f"hifi-portrait config. {hint}".rstrip()

@@ -233,19 +233,7 @@ def parse_json(text: str, source: str) -> tuple[Any, Origins]:
     def constant(name: str) -> Any:
         raise ConfigError(f"{source}: {name} is not a number a config accepts; use a finite number")
 
-    depth = current = 0
-    in_string = escaped = False
-    for char in text:  # bound the nesting before json recurses
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            current += 1
-            depth = max(depth, current)
-        elif char in "]}":
-            current -= 1
-    if depth > MAX_DEPTH:
+    if json_depth(text) > MAX_DEPTH:  # bound the nesting before json recurses
         raise ConfigError(f"{source}: nested deeper than {MAX_DEPTH} levels; a config is not that deep")
     try:
         data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
@@ -261,6 +249,23 @@ def parse_json(text: str, source: str) -> tuple[Any, Origins]:
                 raise ConfigError(f"{source}: more than {MAX_ITEMS} entries in one object or array; is it a config?")
             stack.extend(node.values() if isinstance(node, dict) else node)
     return data, {}
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` outside strings, found without parsing (so before ``json`` recurses)."""
+    depth = current = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            current += 1
+            depth = max(depth, current)
+        elif char in "]}":
+            current -= 1
+    return depth
 
 
 def _json_line(text: str, key: str) -> str:
