@@ -8,16 +8,13 @@ and load float32. These checks are what keeps the dependency floors of pyproject
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from hifi_portrait.loaders.instantid import convert_instantid_checkpoint, instantid_ip_layers
 from hifi_portrait.models.instantid_projection import InstantIDImageProjection
-from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
 from hifi_portrait.pipelines.model_files import load_instantid_pipeline, load_pipeline
-from hifi_portrait.utils.testing import get_dummy_adapter, get_dummy_components, get_dummy_controlnet
+from hifi_portrait.utils.testing import get_dummy_controlnet, write_dummy_model_files
 
 torch.set_num_threads(1)
 SDXL_PARTS = ("vae", "text_encoder", "text_encoder_2", "unet")
@@ -28,21 +25,7 @@ def folders(tmp_path_factory):
     """A tiny SDXL folder as downloaded (model_index.json names SDXL's own parts only), a CLIP vision folder, an
     adapter file, and InstantID's files (converted ip-adapter.safetensors, IdentityNet, an extra ControlNet)."""
     root = tmp_path_factory.mktemp("dtype")
-    components = get_dummy_components()
-    encoder, processor = components.pop("image_encoder"), components.pop("feature_extractor")
-    encoder.save_pretrained(root / "clip")
-    processor.save_pretrained(root / "clip")
-    pipe = StableDiffusionXLHiFiPortraitPipeline(**components, add_watermarker=False)
-    pipe.set_hifi_portrait(**get_dummy_adapter(pipe.unet))
-    pipe.save_hifi_portrait(root / "adapter.safetensors")
-    pipe.unload_hifi_portrait()
-    pipe.save_pretrained(root / "sdxl")
-    index_path = root / "sdxl" / "model_index.json"
-    index = json.loads(index_path.read_text())
-    keep = (*SDXL_PARTS, "tokenizer", "tokenizer_2", "scheduler", "_diffusers_version", "force_zeros_for_empty_prompt")
-    index = {k: v for k, v in index.items() if k in keep}
-    index_path.write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline", **index}))
-
+    pipe = write_dummy_model_files(root)
     (root / "InstantID").mkdir()
     torch.manual_seed(0)
     proj = InstantIDImageProjection(num_tokens=4, output_dim=64, hidden_dim=32, num_layers=2, num_heads=2, ff_mult=2)

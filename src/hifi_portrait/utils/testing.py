@@ -230,6 +230,46 @@ def get_dummy_controlnet(unet, seed: int = 0):
     return controlnet
 
 
+#: The components a downloaded SDXL base's ``model_index.json`` names (no hifi-portrait parts).
+SDXL_INDEX_KEYS = (
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "unet",
+    "scheduler",
+    "_diffusers_version",
+    "force_zeros_for_empty_prompt",
+)
+
+
+def write_dummy_model_files(root, seed: int = 0):
+    """Tiny random model files as a user supplies them: ``root/sdxl`` (a diffusers SDXL folder whose
+    ``model_index.json`` names SDXL's own components only, as downloaded), ``root/clip`` (CLIP vision encoder and
+    its processor) and ``root/adapter.safetensors`` (a hifi-portrait adapter for that UNet). Returns the pipeline
+    that wrote them, without its adapter."""
+    import json
+    from pathlib import Path
+
+    from hifi_portrait.pipelines import StableDiffusionXLHiFiPortraitPipeline
+
+    root = Path(root)
+    components = get_dummy_components(seed=seed)
+    encoder, processor = components.pop("image_encoder"), components.pop("feature_extractor")
+    encoder.save_pretrained(root / "clip")
+    processor.save_pretrained(root / "clip")
+    pipe = StableDiffusionXLHiFiPortraitPipeline(**components, add_watermarker=False)
+    pipe.set_hifi_portrait(**get_dummy_adapter(pipe.unet))
+    pipe.save_hifi_portrait(root / "adapter.safetensors")
+    pipe.unload_hifi_portrait()
+    pipe.save_pretrained(root / "sdxl")
+    index_path = root / "sdxl" / "model_index.json"
+    index = {k: v for k, v in json.loads(index_path.read_text()).items() if k in SDXL_INDEX_KEYS}
+    index_path.write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline", **index}))
+    return pipe
+
+
 def get_dummy_face(seed: int = 0, size: int = 48, quality: float = 0.9):
     """A synthetic :class:`hifi_portrait.face.types.FaceAnalysis` (random unit identity, noise crop)."""
     from hifi_portrait.face.types import FaceAnalysis, HeadPose, QualityScore
