@@ -488,6 +488,15 @@ class IDAttnProcessor(nn.Module):
         else:
             ip_adapter_masks = [None] * len(ip.scale)
 
+        def attend(states: torch.Tensor, to_k_ip, to_v_ip) -> torch.Tensor:
+            """``(B, N, C)`` attention of ``query`` to one adapter's image tokens ``states``."""
+            ip_key = to_k_ip(states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            ip_value = to_v_ip(states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            current = F.scaled_dot_product_attention(
+                query, ip_key, ip_value, attn_mask=None, dropout_p=0.0, is_causal=False
+            )
+            return current.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+
         for current_ip_hidden_states, scale, to_k_ip, to_v_ip, mask in zip(
             ip_hidden_states, ip.scale, ip.to_k_ip, ip.to_v_ip, ip_adapter_masks, strict=True
         ):
@@ -499,31 +508,14 @@ class IDAttnProcessor(nn.Module):
                 if not isinstance(scale, list):
                     scale = [scale] * mask.shape[1]
                 for i in range(mask.shape[1]):
-                    ip_key = to_k_ip(current_ip_hidden_states[:, i, :, :])
-                    ip_value = to_v_ip(current_ip_hidden_states[:, i, :, :])
-                    ip_key = ip_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-                    ip_value = ip_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-                    current = F.scaled_dot_product_attention(
-                        query, ip_key, ip_value, attn_mask=None, dropout_p=0.0, is_causal=False
-                    )
-                    current = current.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-                    current = current.to(query.dtype)
+                    current = attend(current_ip_hidden_states[:, i, :, :], to_k_ip, to_v_ip)
                     mask_downsample = IPAdapterMaskProcessor.downsample(
                         mask[:, i, :, :], batch_size, current.shape[1], current.shape[2]
                     )
                     mask_downsample = mask_downsample.to(dtype=query.dtype, device=query.device)
                     hidden_states = hidden_states + scale[i] * (current * mask_downsample)
             else:
-                ip_key = to_k_ip(current_ip_hidden_states)
-                ip_value = to_v_ip(current_ip_hidden_states)
-                ip_key = ip_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-                ip_value = ip_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-                current = F.scaled_dot_product_attention(
-                    query, ip_key, ip_value, attn_mask=None, dropout_p=0.0, is_causal=False
-                )
-                current = current.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-                current = current.to(query.dtype)
-                hidden_states = hidden_states + scale * current
+                hidden_states = hidden_states + scale * attend(current_ip_hidden_states, to_k_ip, to_v_ip)
         return hidden_states
 
     def extra_repr(self) -> str:
