@@ -48,23 +48,13 @@ def make_vae():
 def make_unet(sample_size: int):
     """SDXL-shaped UNet (``text_time`` added conditioning, linear-projection transformer blocks, cross-attention to
     the 64-d tiny text encoders), two levels, small widths."""
-    from diffusers import UNet2DConditionModel
+    from hifi_portrait.utils.testing import get_dummy_unet
 
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64),
+    return get_dummy_unet(
+        seed=None,
         layers_per_block=1,
         sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=80,  # 6 * 8 + 32 (pooled text)
-        cross_attention_dim=64,
         norm_num_groups=16,
     )
 

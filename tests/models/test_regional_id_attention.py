@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 
 from hifi_portrait.errors import ConfigError
 from hifi_portrait.models import (
@@ -26,19 +25,12 @@ LAT = (26, 38)  # non-square, and 13 x 19 one level down: odd sizes on both axes
 
 def _two_level_unet():
     """A tiny SDXL-style UNet with cross-attention at two resolutions (latent and latent / 2) and in the mid block."""
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64),
+    return get_dummy_unet(
+        seed=0,
         layers_per_block=1,
-        sample_size=32,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64,
+        transformer_layers_per_block=1,
     ).eval()
 
 

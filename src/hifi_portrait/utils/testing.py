@@ -83,12 +83,17 @@ def make_tiny_clip_tokenizer(model_max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
-def get_dummy_unet(seed: int = 0):
-    """Tiny SDXL-style ``UNet2DConditionModel`` (``addition_embed_type="text_time"``, cross-attention dim 64)."""
+def get_dummy_unet(seed: int | None = 0, **overrides):
+    """Tiny SDXL-style ``UNet2DConditionModel`` (``addition_embed_type="text_time"``, cross-attention dim 64).
+
+    ``overrides`` replace entries of its config (e.g. ``layers_per_block``, the block types); ``seed=None`` leaves
+    torch's random state as it is (the caller seeds).
+    """
     from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = dict(
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=32,
@@ -104,6 +109,7 @@ def get_dummy_unet(seed: int = 0):
         projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
         cross_attention_dim=64,
     )
+    return UNet2DConditionModel(**{**config, **overrides})
 
 
 def get_dummy_components(seed: int = 0, with_image_encoder: bool = True) -> dict[str, Any]:
