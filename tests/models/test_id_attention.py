@@ -92,3 +92,84 @@ def test_id_key_value_cache_is_exact_and_invalidated_by_new_tokens_or_weights():
     key, _ = proc.id_key_value(other)
     key.sum().backward()
     assert proc.to_k_ip.weight.grad is not None and proc._kv_cache is None
+
+
+def _masked_ip_setup(seed: int = 0):
+    """One cross-attention layer, diffusers' IP-Adapter processor for two adapters (one image, then two images
+    with a scale each) with random weights, and our processor serving it; inputs with masks at image size."""
+    from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
+
+    g = torch.Generator().manual_seed(seed)
+    attn = Attention(query_dim=32, cross_attention_dim=16, heads=2, dim_head=16).eval()
+    ip = IPAdapterAttnProcessor2_0(hidden_size=32, cross_attention_dim=16, num_tokens=(4, 4), scale=[0.6, [0.5, 0.9]])
+    ours = IDAttnProcessor(hidden_size=32, cross_attention_dim=16, num_tokens=4, scale=0.7)
+    with torch.no_grad():
+        for p in list(ip.parameters()) + list(ours.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    ours.ip_adapter = ip
+    hidden = torch.randn(2, 64, 32, generator=g)  # an 8 x 8 latent
+    text = torch.randn(2, 7, 16, generator=g)
+    images = [torch.randn(2, 1, 4, 16, generator=g), torch.randn(2, 2, 4, 16, generator=g)]
+    masks = torch.zeros(1, 3, 32, 32)
+    masks[0, 0, :, :16] = 1.0  # left half
+    masks[0, 1, :16] = 1.0  # top half
+    masks[0, 2, 8:24, 8:24] = 1.0  # centre
+    return attn, ip, ours, hidden, text, images, [masks[:, :1], masks[:, 1:]]
+
+
+def test_masked_ip_adapters_compute_what_diffusers_computes():
+    """With ``ip_adapter_masks`` (one mask per image, a scale per image), our processor adds exactly diffusers'
+    ``IPAdapterAttnProcessor2_0`` terms: alone (no ID tokens) and beside the ID attention."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    attn, ip, ours, hidden, text, images, masks = _masked_ip_setup()
+    with torch.no_grad():
+        reference = ip(attn, hidden, encoder_hidden_states=(text, images), ip_adapter_masks=masks)
+        plain = AttnProcessor2_0()(attn, hidden, encoder_hidden_states=text)
+        full = [torch.ones_like(m) for m in masks]
+        unmasked = ip(attn, hidden, encoder_hidden_states=(text, images), ip_adapter_masks=full)
+        assert (reference - unmasked).abs().max() > 1e-3  # the masks matter
+        torch.testing.assert_close(
+            ours(attn, hidden, encoder_hidden_states=(text, images), ip_adapter_masks=masks), reference
+        )
+        # beside the ID tokens: the IP-Adapter terms add to ours as they add to plain attention
+        tokens = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(5))
+        ours.ip_adapter = None
+        id_only = ours(attn, hidden, encoder_hidden_states=(text, [tokens]))
+        ours.ip_adapter = ip
+        both = ours(attn, hidden, encoder_hidden_states=(text, [tokens, *images]), ip_adapter_masks=masks)
+        assert (id_only - plain).abs().max() > 1e-3
+        torch.testing.assert_close(both - id_only, reference - plain)
+        # an adapter whose scales are all 0 is skipped, as in diffusers
+        ip.scale = [0.6, [0.0, 0.0]]
+        torch.testing.assert_close(
+            ours(attn, hidden, encoder_hidden_states=(text, images), ip_adapter_masks=masks),
+            ip(attn, hidden, encoder_hidden_states=(text, images), ip_adapter_masks=masks),
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda images, masks: (images, masks[:1]), "Length of ip_adapter_masks"),
+        (lambda images, masks: (images, [masks[0], masks[1][:, :1]]), "does not match number of ip images"),
+        (lambda images, masks: (images, [masks[0], masks[1][0]]), "should be a tensor with shape"),
+    ],
+    ids=["one-mask-list-for-two-adapters", "fewer-masks-than-images", "3d-mask"],
+)
+def test_bad_ip_adapter_masks_fail_as_in_diffusers(change, message):
+    """Masks that do not fit the images are refused with diffusers' own message, not used in part: one mask for
+    two images would otherwise leave the second image out without a word."""
+    attn, ip, ours, hidden, text, images, masks = _masked_ip_setup()
+    images, masks = change(images, masks)
+    for proc in (ip, ours):
+        with pytest.raises(ValueError, match=message), torch.no_grad():
+            proc(attn, hidden, encoder_hidden_states=(text, images), ip_adapter_masks=masks)
+
+
+def test_ip_adapter_masks_and_per_image_scales_must_agree():
+    attn, ip, ours, hidden, text, images, masks = _masked_ip_setup()
+    ip.scale = [0.6, [0.5, 0.9, 0.3]]  # three scales for two masks
+    for proc in (ip, ours):
+        with pytest.raises(ValueError, match="does not match number of scales"), torch.no_grad():
+            proc(attn, hidden, encoder_hidden_states=(text, images), ip_adapter_masks=masks)

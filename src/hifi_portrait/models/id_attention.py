@@ -478,13 +478,7 @@ class IDAttnProcessor(nn.Module):
         """The IP-Adapter terms, as in diffusers' ``IPAdapterAttnProcessor2_0.__call__`` (v0.42, masks included)."""
         ip = self.ip_adapter
         if ip_adapter_masks is not None:
-            if not isinstance(ip_adapter_masks, list):
-                ip_adapter_masks = list(ip_adapter_masks.unsqueeze(1))
-            if not (len(ip_adapter_masks) == len(ip.scale) == len(ip_hidden_states)):
-                raise ValueError(
-                    f"Length of ip_adapter_masks array ({len(ip_adapter_masks)}) must match length of the "
-                    f"IP-Adapter scales ({len(ip.scale)}) and number of ip_hidden_states ({len(ip_hidden_states)})"
-                )
+            ip_adapter_masks = check_ip_adapter_masks(ip_adapter_masks, ip.scale, ip_hidden_states)
         else:
             ip_adapter_masks = [None] * len(ip.scale)
 
@@ -522,6 +516,45 @@ class IDAttnProcessor(nn.Module):
         extra = f", ip_adapters={self.num_ip_adapters}" if self.ip_adapter is not None else ""
         sliced = f", slice_size={self.slice_size}" if self.slice_size else ""
         return f"hidden_size={self.hidden_size}, num_tokens={self.num_tokens}, scale={self.scale}{sliced}{extra}"
+
+
+def check_ip_adapter_masks(
+    masks: torch.Tensor | list[torch.Tensor | None], scales: list, ip_hidden_states: Sequence[torch.Tensor]
+) -> list[torch.Tensor | None]:
+    """``ip_adapter_masks`` as a list of one ``(1, num_images, H, W)`` mask (or None) per IP-Adapter, checked
+    against the adapters' ``scales`` and image embeddings with diffusers' ``IPAdapterAttnProcessor2_0`` rules and
+    messages (v0.42): masks that do not fit are refused, never used in part.
+
+    Raises:
+        ValueError: a different number of mask sets, scales and image embeddings; a mask that is not 4-D; or a
+            mask set whose number of masks differs from its adapter's images or per-image scales.
+    """
+    if not isinstance(masks, list):
+        masks = list(masks.unsqueeze(1))  # diffusers' older form: a (num_ip_adapters, 1, H, W) tensor
+    if not (len(masks) == len(scales) == len(ip_hidden_states)):
+        raise ValueError(
+            f"Length of ip_adapter_masks array ({len(masks)}) must match length of self.scale array "
+            f"({len(scales)}) and number of ip_hidden_states ({len(ip_hidden_states)})"
+        )
+    for index, (mask, scale, state) in enumerate(zip(masks, scales, ip_hidden_states, strict=True)):
+        if mask is None:
+            continue
+        if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
+            raise ValueError(
+                "Each element of the ip_adapter_masks array should be a tensor with shape "
+                "[1, num_images_for_ip_adapter, height, width]. Please use `IPAdapterMaskProcessor` to preprocess "
+                "your mask"
+            )
+        if mask.shape[1] != state.shape[1]:
+            raise ValueError(
+                f"Number of masks ({mask.shape[1]}) does not match number of ip images ({state.shape[1]}) at "
+                f"index {index}"
+            )
+        if isinstance(scale, list) and len(scale) != mask.shape[1]:
+            raise ValueError(
+                f"Number of masks ({mask.shape[1]}) does not match number of scales ({len(scale)}) at index {index}"
+            )
+    return masks
 
 
 def id_attention_layer_names(unet: nn.Module) -> list[str]:
