@@ -271,3 +271,39 @@ def test_save_pretrained_after_load_instantid_keeps_everything(tmp_path, files, 
         loaded.controlnet_context == "id_tokens" and type(loaded.face_refiner).__name__ == "InstantIDImageProjection"
     )
     np.testing.assert_allclose(run(loaded, id_embeds=embeds(0), image=kps_map), before, atol=1e-5)
+
+
+def test_a_load_that_fails_after_the_checks_leaves_the_pipeline_as_it_was(tmp_path, files, kps_map, monkeypatch):
+    """A failure once the file is accepted (here: out of memory half-way through installing the processors) puts
+    back the earlier processors, face refiner, HiFi-Net, ControlNet and config: the next image is bit-identical."""
+    import hifi_portrait.loaders.instantid as loader
+
+    pipe = make_pipe(files)
+    kwargs = {"id_embeds": embeds(0), "image": kps_map, "controlnet_conditioning_scale": 0.5}
+    before = run(pipe, **kwargs)
+    parts = {name: getattr(pipe, name) for name in ("face_refiner", "hifi_net", "controlnet")}
+    processors = dict(pipe.unet.attn_processors)
+    config = dict(pipe.config)
+    other = convert_instantid_checkpoint(_saved(tmp_path, instantid_state(seed=1)), tmp_path / "other.safetensors")
+    install = loader.install_id_attention
+
+    def install_half_then_fail(unet, layer_names, **kw):
+        install(unet, layer_names=list(layer_names)[:3], **kw)
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(loader, "install_id_attention", install_half_then_fail)
+    with pytest.raises(torch.OutOfMemoryError):
+        load_instantid(pipe, other, controlnet=get_dummy_controlnet(get_dummy_unet(), seed=9))
+    assert {name: getattr(pipe, name) for name in parts} == parts
+    assert dict(pipe.unet.attn_processors) == processors and dict(pipe.config) == config
+    np.testing.assert_array_equal(run(pipe, **kwargs), before)
+    # and the same file loads once the failure is gone
+    monkeypatch.setattr(loader, "install_id_attention", install)
+    load_instantid(pipe, other)
+    assert np.abs(run(pipe, **kwargs) - before).max() > 1e-4
+
+
+def _saved(folder: Path, state: dict) -> Path:
+    path = folder / "other.bin"
+    torch.save(state, path)
+    return path

@@ -413,6 +413,9 @@ def load_instantid(
     ``controlnet_conditioning_scale=`` and ``id_scale=`` (InstantID's ``ip_adapter_scale``). With N = 1 the result
     equals InstantID's own pipeline (checked to 1e-6 on tiny random models, see docs/instantid.md).
 
+    The load is transactional: the file is checked before the pipeline changes, and a failure after that (out of
+    memory on the device, ...) puts back the earlier processors, face refiner, HiFi-Net, ControlNet and config.
+
     Args:
         pipe: a :class:`~hifi_portrait.pipelines.StableDiffusionXLHiFiPortraitPipeline` (SDXL UNet).
         path: the ``.safetensors`` written by :func:`convert_instantid_checkpoint`.
@@ -453,34 +456,47 @@ def load_instantid(
     model = InstantIDImageProjection(**config)  # shapes checked by read_instantid_file
     model.load_state_dict(proj_sd, strict=True)
 
-    remove_id_attention(unet)
-    procs = install_id_attention(
-        unet,
-        num_tokens=model.config.num_tokens,
-        scale=id_scale,
-        layer_names=list(layers.values()),
-        init_from_text=False,
-        device=device,
-        dtype=dtype,
+    if isinstance(controlnet, (list, tuple)):
+        from diffusers.models import MultiControlNetModel
+
+        controlnet = MultiControlNetModel(list(controlnet))
+    # commit: the file is valid; if anything below still fails (out of memory while the processors or the
+    # projection move to the device, ...), the pipeline is put back as it was: nothing of an earlier adapter is lost
+    before = (
+        dict(unet.attn_processors),
+        {name: getattr(pipe, name, None) for name in ("face_refiner", "hifi_net", "controlnet")},
+        pipe._internal_dict,  # the pipeline config, controlnet_context included
     )
-    with torch.no_grad():
-        for i, name in layers.items():
-            procs[name].to_k_ip.weight.copy_(ip_sd[f"{i}.to_k_ip.weight"])
-            procs[name].to_v_ip.weight.copy_(ip_sd[f"{i}.to_v_ip.weight"])
-
-    model = model.to(device=device, dtype=dtype).eval()
-    if getattr(pipe, "hifi_net", None) is not None:
-        logger.info("InstantID replaces the HiFi-Net branch (it reads our refiner's tokens): removing hifi_net")
-    pipe.register_modules(face_refiner=model, hifi_net=None)
-    if controlnet is not None:
-        if isinstance(controlnet, (list, tuple)):
-            from diffusers.models import MultiControlNetModel
-
-            controlnet = MultiControlNetModel(list(controlnet))
-        pipe.register_modules(controlnet=controlnet)
+    try:
+        remove_id_attention(unet)
+        procs = install_id_attention(
+            unet,
+            num_tokens=model.config.num_tokens,
+            scale=id_scale,
+            layer_names=list(layers.values()),
+            init_from_text=False,
+            device=device,
+            dtype=dtype,
+        )
+        with torch.no_grad():
+            for i, name in layers.items():
+                procs[name].to_k_ip.weight.copy_(ip_sd[f"{i}.to_k_ip.weight"])
+                procs[name].to_v_ip.weight.copy_(ip_sd[f"{i}.to_v_ip.weight"])
+        model = model.to(device=device, dtype=dtype).eval()
+        if getattr(pipe, "hifi_net", None) is not None:
+            logger.info("InstantID replaces the HiFi-Net branch (it reads our refiner's tokens): removing hifi_net")
+        pipe.register_modules(face_refiner=model, hifi_net=None)
+        if controlnet is not None:
+            pipe.register_modules(controlnet=controlnet)
+        pipe.controlnet_context = "id_tokens"  # the pipeline passes the ID tokens to the ControlNet(s)
+    except BaseException:
+        processors, components, config = before
+        unet.set_attn_processor(processors)
+        pipe.register_modules(**components)
+        pipe._internal_dict = config
+        raise
     if getattr(pipe, "controlnet", None) is None:
         logger.warning("no IdentityNet ControlNet on the pipeline: only InstantID's ID attention will act")
-    pipe.controlnet_context = "id_tokens"  # the pipeline passes the ID tokens to the ControlNet(s)
     logger.info(
         "loaded InstantID weights %s (%d ID attention layers, T=%d)", path, len(procs), model.config.num_tokens
     )
