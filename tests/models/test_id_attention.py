@@ -173,3 +173,22 @@ def test_ip_adapter_masks_and_per_image_scales_must_agree():
     for proc in (ip, ours):
         with pytest.raises(ValueError, match="does not match number of scales"), torch.no_grad():
             proc(attn, hidden, encoder_hidden_states=(text, images), ip_adapter_masks=masks)
+
+
+def test_a_processor_built_without_arguments_is_a_weightless_placeholder():
+    """``IDAttnProcessor()`` (diffusers' reset idiom ``type(processor)()``) is plain attention without weights,
+    which ignores ID tokens; copies of real processors stay real."""
+    import copy
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    attn, _, ours, hidden, text, _, _ = _masked_ip_setup()
+    placeholder = IDAttnProcessor()
+    assert placeholder.is_placeholder and not list(placeholder.parameters())
+    tokens = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        plain = AttnProcessor2_0()(attn, hidden, encoder_hidden_states=text)
+        assert torch.equal(placeholder(attn, hidden, encoder_hidden_states=(text, [tokens])), plain)
+    ours.ip_adapter = None
+    twin = copy.deepcopy(ours)
+    assert not twin.is_placeholder and torch.equal(twin.to_k_ip.weight, ours.to_k_ip.weight)

@@ -542,6 +542,31 @@ def test_ip_adapter_composes_with_the_id_attention(tmp_path, faces, landmark_map
     np.testing.assert_allclose(ours_off, diffusers_only, atol=1e-6)
 
 
+def test_diffusers_unload_ip_adapter_from_a_pipeline_sharing_the_unet(tmp_path, plain_images, faces, landmark_map):
+    """diffusers' ``unload_ip_adapter`` on a plain SDXL pipeline that shares our UNet resets each layer with
+    ``type(processor)()``: that used to fail on ours (TypeError, missing arguments) half-way through, leaving the
+    IP-Adapter's weights inside our processors and its image projection gone. Now the plain pipeline is plain SDXL
+    again, and ours generates without the IP-Adapter, with its ID attention."""
+    from PIL import Image
+
+    pipe = make_pipe()
+    base = run(pipe, faces=faces, landmark_image=landmark_map)
+    write_tiny_ip_adapter(pipe.unet, tmp_path / "ip.safetensors")
+    pipe.load_ip_adapter(tmp_path, subfolder="", weight_name="ip.safetensors", image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(0.8)
+    style = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    assert np.abs(run(pipe, faces=faces, landmark_image=landmark_map, ip_adapter_image=style) - base).max() > 1e-3
+    shared = {k: getattr(pipe, k) for k in StableDiffusionXLPipeline._get_signature_keys(StableDiffusionXLPipeline)[0]}
+    sdxl = StableDiffusionXLPipeline(**shared, add_watermarker=False)
+    sdxl.set_progress_bar_config(disable=True)
+    sdxl.unload_ip_adapter()
+    np.testing.assert_array_equal(run(sdxl, height=64, width=64), plain_images)
+    np.testing.assert_allclose(run(pipe, faces=faces, landmark_image=landmark_map), base, atol=1e-6)
+    assert np.abs(run(pipe, faces=faces, landmark_image=landmark_map, id_scale=0.0) - base).max() > 1e-3
+    # the shared UNet is left with placeholders (plain attention, no weights), which ours replaces for each call
+    assert not get_id_attn_processors(pipe.unet)
+
+
 def test_save_pretrained_keeps_the_whole_adapter(tmp_path, faces, landmark_map, caplog):
     """save_pretrained -> from_pretrained keeps the UNet's to_k_ip/to_v_ip (and their scales), not only the
     face refiner and HiFi-Net: the reloaded pipeline equals the original."""

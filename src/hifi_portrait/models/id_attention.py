@@ -250,24 +250,33 @@ class IDAttnProcessor(nn.Module):
             (``enable_attention_slicing``); None for one call.
         ip_adapter: diffusers' ``IPAdapterAttnProcessor2_0`` of IP-Adapter(s) loaded next to ours (its weights
             and per-adapter ``scale`` list), or None.
+
+    Built without ``hidden_size`` (``IDAttnProcessor()``: diffusers' ``unload_ip_adapter`` resets every layer it
+    does not recognise with ``type(processor)()``), it is a placeholder: plain attention with no ID weights
+    (:attr:`is_placeholder`). A pipeline with ID attention puts its own processors back before its next generation
+    (:func:`sync_id_attention`).
     """
 
     def __init__(
         self,
-        hidden_size: int,
-        cross_attention_dim: int,
+        hidden_size: int | None = None,
+        cross_attention_dim: int | None = None,
         num_tokens: int = 16,
         scale: float = 1.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.hidden_size = int(hidden_size)
-        self.cross_attention_dim = int(cross_attention_dim)
+        self.is_placeholder = hidden_size is None or cross_attention_dim is None
+        self.hidden_size = None if self.is_placeholder else int(hidden_size)
+        self.cross_attention_dim = None if self.is_placeholder else int(cross_attention_dim)
         self.num_tokens = int(num_tokens)
-        self.scale = float(scale)
+        self.scale = 0.0 if self.is_placeholder else float(scale)
         self.slice_size: int | None = None
         self.ip_adapter: IPAdapterAttnProcessor2_0 | None = None
+        if self.is_placeholder:
+            self.to_k_ip = self.to_v_ip = None
+            return
         self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False, device=device, dtype=dtype)
         self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False, device=device, dtype=dtype)
 
@@ -416,11 +425,11 @@ class IDAttnProcessor(nn.Module):
         hidden_states = hidden_states.to(query.dtype)
 
         if isinstance(id_tokens, RegionalIDTokens):
-            if self.scale != 0.0:
+            if self.scale != 0.0 and not self.is_placeholder:
                 regional = self._regional_id_attention(attn, query, id_tokens, batch_size, head_dim)
                 if regional is not None:
                     hidden_states = hidden_states + self.scale * regional
-        elif id_tokens is not None and self.scale != 0.0:
+        elif id_tokens is not None and self.scale != 0.0 and not self.is_placeholder:
             ip_key, ip_value = self.id_key_value(id_tokens, query.dtype)
             ip_key = ip_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             ip_value = ip_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
@@ -641,11 +650,13 @@ def _base_weight(linear: nn.Module) -> torch.Tensor:
 
 
 def get_id_attn_processors(unet: nn.Module) -> dict[str, IDAttnProcessor]:
-    """``{layer_name: processor}`` of the installed ID processors (empty if none)."""
+    """``{layer_name: processor}`` of the installed ID processors (empty if none; placeholders left out)."""
     return {
         name: module.processor
         for name, module in unet.named_modules()
-        if isinstance(module, Attention) and isinstance(module.processor, IDAttnProcessor)
+        if isinstance(module, Attention)
+        and isinstance(module.processor, IDAttnProcessor)
+        and not module.processor.is_placeholder
     }
 
 
@@ -673,6 +684,11 @@ def sync_id_attention(unet: nn.Module, replaced: dict[str, Any] | None = None) -
     registry = _registry(unet)
     if not registry:
         return {}
+    if getattr(unet.config, "encoder_hid_dim_type", None) != "ip_image_proj":
+        # the IP-Adapter's image projection is gone (diffusers' unload_ip_adapter, from any pipeline sharing this
+        # UNet): its attention weights go with it
+        for proc in registry.values():
+            proc.ip_adapter = None
     modules = dict(unet.named_modules())
     restored = 0
     for name, proc in list(registry.items()):
@@ -682,14 +698,15 @@ def sync_id_attention(unet: nn.Module, replaced: dict[str, Any] | None = None) -
         current = attn.processor
         if current is proc:
             continue
-        if isinstance(current, IDAttnProcessor):  # a new adapter was installed directly on the layer
+        placeholder = isinstance(current, IDAttnProcessor) and current.is_placeholder
+        if isinstance(current, IDAttnProcessor) and not placeholder:  # a new adapter installed on the layer
             registry[name] = current
             continue
         if isinstance(current, (IPAdapterAttnProcessor2_0, IPAdapterAttnProcessor)):
             proc.ip_adapter = current
         elif isinstance(current, SlicedAttnProcessor):
             proc.slice_size = current.slice_size
-        elif type(current) in (AttnProcessor2_0, AttnProcessor):
+        elif placeholder or type(current) in (AttnProcessor2_0, AttnProcessor):
             proc.slice_size = None
         else:
             raise AttentionProcessorError(
@@ -739,7 +756,7 @@ def remove_id_attention(unet: nn.Module) -> int:
                 module.set_processor(SlicedAttnProcessor(proc.slice_size))
             else:
                 module.set_processor(AttnProcessor2_0())
-            count += 1
+            count += not proc.is_placeholder
     _registry(unet).clear()
     return count
 
