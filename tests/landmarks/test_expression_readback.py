@@ -25,6 +25,7 @@ from hifi_portrait.landmarks.expression import (
     apply_expression,
     expression_fields,
     mirror_index,
+    mirror_permutation,
     preset_scores,
     scores_to_vector,
 )
@@ -99,7 +100,8 @@ def test_fitted_model_reads_back_better_than_the_hand_designed_one(reader, obama
 
 ACCEPTANCE_GAP = (
     "issue 14 acceptance not reached yet by the fitted model (benchmarks/results/expression.md, docs/landmarks.md): "
-    "a smooth field per blendshape does not read back within the bound on every preset, pose and held-out person"
+    "the reader's gaze scores keep a floor of ~0.1-0.15 on neutral faces and some mouth scores follow their presets "
+    "poorly, on the held-out people"
 )
 
 
@@ -175,10 +177,9 @@ def test_identity_residual_unchanged(mp_faces):
     assert fitted.residuals.mean() <= hand.residuals.mean() + 0.05
 
 
-def test_fields_are_mirror_symmetric():
+def test_fields_and_amplitudes_are_mirror_symmetric():
     fields = expression_fields(M.canonical_landmarks(), "fitted")
-    lin, amp = fields.linear, fields.amplitude
-    assert (np.diff(amp, axis=1) >= 0).all() and (amp[:, 0] == 0).all()  # monotonic amplitude curves
+    lin = fields.linear
     mirror = mirror_index()
     flip = np.array([-1.0, 1.0, 1.0])
     for k, name in enumerate(BLENDSHAPE_NAMES):
@@ -187,7 +188,15 @@ def test_fields_are_mirror_symmetric():
             continue
         j = BLENDSHAPE_NAMES.index(twin)
         np.testing.assert_allclose(lin[k], lin[j][mirror] * flip, atol=1e-3, err_msg=name)
-        np.testing.assert_allclose(amp[k], amp[j], atol=1e-6, err_msg=name)
+    # amplitudes: the mirrored request (left/right swapped, yaw and roll negated) gives the mirrored amplitudes
+    perm = mirror_permutation()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        s = rng.uniform(0, 1, len(BLENDSHAPE_NAMES)) * (rng.random(len(BLENDSHAPE_NAMES)) < 0.3)
+        pose = rng.uniform(-30, 30, 3)
+        a = fields.amplitudes(s, pose)
+        np.testing.assert_allclose(fields.amplitudes(s[perm], pose * [-1, 1, -1]), a[perm], atol=1e-9)
+        np.testing.assert_allclose(fields.amplitudes(-s, pose), -a, atol=1e-12)  # undoing is the exact inverse
 
 
 def test_no_lip_or_eyelid_crossing(obama):

@@ -12,13 +12,14 @@ to ``S + sum_k s_k B_k(S)``.
 "Left"/"Right" in blendshape names are the *subject's* sides (ARKit's convention): ``eyeBlinkLeft`` closes the
 eye on the image's right in a frontal photo (model-space ``x > 0``).
 
-The fitted model adds to each hand field a learned correction and moves it along a learned monotonic amplitude
-curve, fitted so that mediapipe's own blendshape model reads back what is asked
-(``scripts/fit_expression_basis.py``, file :data:`FITTED_BASIS_PATH`); then lips and eyelids that would cross
-meet instead (:func:`resolve_contacts`).
+The fitted model (version 3) adds to each hand field a learned correction and sets the fields' amplitudes with a
+small learned network of the scores and the head pose the face will be seen at (:class:`AmplitudeNet`); then lips
+and eyelids that would cross meet instead (:func:`resolve_contacts`), and the irises are placed from the lids and
+the gaze amplitudes (:class:`IrisPlacement`). It is fitted so that mediapipe's own blendshape model reads back what
+is asked (``scripts/fit_expression_basis.py``, file :data:`FITTED_BASIS_PATH`).
 
 Limits (see docs/landmarks.md): the hand fields are linear with hand-set amplitudes; the fitted model reads back
-closer to the request but not yet within issue 14's 0.10.
+closer to the request but not yet within issue 14's bounds.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from hifi_portrait.landmarks import mesh as M
 #: The fitted basis (``scripts/fit_expression_basis.py``; how it was made: docs/landmarks.md).
 FITTED_BASIS_PATH = Path(__file__).parents[1] / "assets" / "expression_basis.npz"
 #: Format/fit version written into the file; bump it when the model or the fit changes.
-FITTED_BASIS_VERSION = "1"
+FITTED_BASIS_VERSION = "3"
 #: Expression models :func:`expression_fields` knows: the hand-designed ``hand`` and the data-driven ``fitted``.
 EXPRESSION_MODELS = ("hand", "fitted")
 #: The model used when none is named. Still the hand-designed one: the fitted model reads back closer to what is
@@ -377,30 +378,129 @@ def mirror_index() -> np.ndarray:
     return np.argmin(((flipped[:, None, :] - pts[None, :, :]) ** 2).sum(-1), axis=1)
 
 
-#: Intensities at which the fitted model's amplitude curves are given (linear in between).
-AMPLITUDE_KNOTS = np.linspace(0.0, 1.0, 5)
+#: Head-pose range (degrees: yaw, pitch, roll) the fitted amplitude network was trained on; poses beyond it use
+#: the amplitudes at its edge.
+NET_POSE_RANGE = np.array([50.0, 25.0, 20.0])
+
+
+@functools.lru_cache(maxsize=1)
+def mirror_permutation() -> np.ndarray:
+    """``(51,)`` index of each blendshape's left/right twin (itself for the shapes without a side)."""
+    out = []
+    for i, name in enumerate(BLENDSHAPE_NAMES):
+        if name.endswith("Left"):
+            out.append(BLENDSHAPE_INDEX[name[:-4] + "Right"])
+        elif name.endswith("Right"):
+            out.append(BLENDSHAPE_INDEX[name[:-5] + "Left"])
+        else:
+            out.append(i)
+    return np.array(out)
+
+
+@dataclass(frozen=True)
+class AmplitudeNet:
+    """The fitted model's amplitudes: ``a = s + h(s, pose)``, ``h`` a small MLP (SiLU) of the scores and the head
+    pose, made mirror-symmetric (``h`` averaged with its mirror image: left/right scores swapped, yaw and roll
+    negated), so a symmetric request at a frontal pose gives symmetric amplitudes."""
+
+    weights: tuple[np.ndarray, ...]  # W1, b1, W2, b2, W3, b3 (torch Linear layout: (out, in))
+
+    def _h(self, x: np.ndarray) -> np.ndarray:
+        w1, b1, w2, b2, w3, b3 = self.weights
+        for w, b in ((w1, b1), (w2, b2)):
+            x = x @ w.T + b
+            x = x / (1.0 + np.exp(-x))
+        return x @ w3.T + b3
+
+    def __call__(self, scores: np.ndarray, pose_deg: np.ndarray) -> np.ndarray:
+        """``(51,)`` scores in ``[0, 1]`` and ``(3,)`` head pose in degrees -> ``(51,)`` amplitudes."""
+        s = np.asarray(scores, dtype=np.float64)
+        pose = np.radians(np.clip(np.asarray(pose_deg, dtype=np.float64), -NET_POSE_RANGE, NET_POSE_RANGE))
+        perm = mirror_permutation()
+        x = np.concatenate([s, pose])
+        xm = np.concatenate([s[perm], pose * np.array([-1.0, 1.0, -1.0])])
+        return s + 0.5 * (self._h(x) + self._h(xm)[perm])
+
+
+#: Names of :class:`IrisPlacement`'s parameters, in the order of the ``iris`` array of :data:`FITTED_BASIS_PATH`.
+IRIS_PARAMS = ("bx", "by", "bz", "gin", "gout", "gup", "gdown", "lx", "ly", "cx")
+_EYES = (  # (model-space x direction of "outwards", side, iris points, lid contour)
+    (-1.0, "Right", M.RIGHT_IRIS, M.UPPER_LID_R + M.LOWER_LID_R),
+    (1.0, "Left", M.LEFT_IRIS, M.UPPER_LID_L + M.LOWER_LID_L),
+)
+#: Iris radius (canonical cm): mediapipe's own irises on the bundled photos, median 0.59 (10-90 %: 0.54-0.62).
+IRIS_RADIUS = 0.59
+
+
+@dataclass(frozen=True)
+class IrisPlacement:
+    """Where the fitted model puts the irises: set from the eyelids and the gaze amplitudes, not carried over
+    from the references (whose gaze is wherever they looked).
+
+    Each iris centre starts at the mean of its eye's lid contour on the neutral shape, moved by ``(lx, ly)`` times
+    the contour's own displacement by the expression (0-1: the iris follows the lids less than they move). Its
+    depth is ``bz`` from the contour's frontmost point (-0.5 to -0.1: behind it, as in real eyes). It is shifted by
+    ``(bx, by)`` (the resting gaze the reader calls straight) plus the gaze amplitudes (``eyeLookOut/In`` sideways
+    with gains ``gout/gin``, ``eyeLookUp/Down`` vertically with ``gup/gdown``). The 4 rim points are
+    :data:`IRIS_RADIUS` around it. Lengths are canonical centimetres scaled by the shape's eye-corner distance.
+
+    ``x`` offsets point outwards on each eye, except ``cx``: a shift of both irises the same way (towards
+    model-space ``+x``, at most 0.1). mediapipe's blendshape model is not mirror-symmetric: on an exactly symmetric
+    face it reads a sideways gaze (``eyeLookInRight`` 0.13 and ``eyeLookOutLeft`` 0.14 against 0.03 for their
+    mirror twins, on the canonical face), which only such a conjugate shift can cancel.
+    """
+
+    params: np.ndarray  # (10,): IRIS_PARAMS
+
+    def __call__(self, points: np.ndarray, neutral: np.ndarray, amplitudes: np.ndarray) -> np.ndarray:
+        """``(478, 3)`` expressed ``points`` with the irises placed (``neutral``: the shape before the
+        expression; ``amplitudes``: the ``(51,)`` amplitudes of the expression)."""
+        p = dict(zip(IRIS_PARAMS, self.params, strict=True))
+        out = points.copy()
+        unit = float(np.linalg.norm(points[M.EYE_L_OUTER] - points[M.EYE_R_OUTER])) / 8.89
+        for sign, side, iris, contour in _EYES:
+            idx = list(contour)
+            rest = neutral[idx].mean(0)
+            centre = rest + np.array([p["lx"], p["ly"], 0.0]) * (points[idx].mean(0) - rest)
+            centre[2] = points[idx, 2].max() + p["bz"] * unit
+
+            def a(kind: str, side: str = side) -> float:
+                return float(amplitudes[BLENDSHAPE_INDEX[f"eyeLook{kind}{side}"]])
+
+            dx = sign * (p["bx"] + p["gout"] * a("Out") - p["gin"] * a("In")) + p["cx"]
+            dy = p["by"] + p["gup"] * a("Up") - p["gdown"] * a("Down")
+            centre = centre + unit * np.array([dx, dy, 0.0])
+            r = IRIS_RADIUS * unit
+            out[iris[0]] = centre
+            out[list(iris[1:])] = centre + np.array([[r, 0, 0], [0, r, 0], [-r, 0, 0], [0, -r, 0]])
+        return out
 
 
 @dataclass(frozen=True)
 class ExpressionFields:
-    """The expression model of one shape: ``(51, 478, 3)`` displacement fields and, per blendshape, a monotonic
-    amplitude curve ``g_k`` (values at :data:`AMPLITUDE_KNOTS`, ``g_k(0) = 0``, linear in between). A score
-    ``s_k`` moves the shape by ``g_k(s_k) * linear[k]``; ``g_k(-s) = -g_k(s)`` undoes it."""
+    """The expression model of one shape: ``(51, 478, 3)`` displacement fields ``F`` and how scores become their
+    amplitudes. Scores ``s`` at head pose ``p`` move the shape by ``sum_k a_k(s, p) F_k``: ``a = s`` for the
+    hand-designed model, :class:`AmplitudeNet` for the fitted one (the blendshape reader sees the same mesh
+    differently at different poses, and the scores interact). Non-positive scores ``-s`` undo the expression
+    ``s`` (``a(-s) = -a(s)``): the neutralization of a reference."""
 
     linear: np.ndarray
-    amplitude: np.ndarray
+    net: AmplitudeNet | None = None
+    iris: IrisPlacement | None = None
 
-    def amplitudes(self, scores: np.ndarray) -> np.ndarray:
-        """``(51,)`` ``g_k(s_k)`` for scores in ``[-1, 1]``."""
+    def amplitudes(self, scores: np.ndarray, pose: tuple[float, float, float] | np.ndarray = (0.0, 0.0, 0.0)):
+        """``(51,)`` amplitudes for scores in ``[-1, 1]`` (all of one sign) at ``pose`` (yaw, pitch, roll, deg)."""
         s = np.asarray(scores, dtype=np.float64)
-        pos = np.array([np.interp(abs(v), AMPLITUDE_KNOTS, a) for v, a in zip(s, self.amplitude, strict=True)])
-        return np.sign(s) * pos
+        if self.net is None:
+            return s
+        sign = -1.0 if (s <= 0).all() and (s < 0).any() else 1.0
+        return sign * self.net(np.clip(sign * s, 0.0, 1.0), np.asarray(pose, dtype=np.float64))
 
 
 @functools.lru_cache(maxsize=1)
-def fitted_corrections() -> tuple[np.ndarray, np.ndarray]:
-    """``(linear, amplitude)``: the learned ``(51, 478, 3)`` field corrections (canonical cm) and ``(51, 5)``
-    amplitude curves of the fitted model, read from :data:`FITTED_BASIS_PATH`."""
+def fitted_model() -> tuple[np.ndarray, AmplitudeNet, IrisPlacement]:
+    """``(linear, net)``: the learned ``(51, 478, 3)`` field corrections (canonical cm) and the amplitude network
+    of the fitted model, read from :data:`FITTED_BASIS_PATH`."""
     p = FITTED_BASIS_PATH
     if not p.is_file():
         raise ModelFilesMissingError(
@@ -414,27 +514,36 @@ def fitted_corrections() -> tuple[np.ndarray, np.ndarray]:
                 f"{p} is expression basis version {version}, this code reads version {FITTED_BASIS_VERSION}: "
                 "refit it with scripts/fit_expression_basis.py."
             )
-        lin, amp = data["linear"].astype(np.float64), data["amplitude"].astype(np.float64)
-    if lin.shape != (len(BLENDSHAPE_NAMES), M.NUM_LANDMARKS, 3) or amp.shape != (len(BLENDSHAPE_NAMES), 5):
-        raise ModelFilesMissingError(f"{p}: unexpected array shapes {lin.shape}, {amp.shape}.")
-    return lin, amp
+        lin = data["linear"].astype(np.float64)
+        weights = tuple(data[k].astype(np.float64) for k in NET_KEYS)
+        iris = data["iris"].astype(np.float64)
+    k, hidden = len(BLENDSHAPE_NAMES), weights[0].shape[0]
+    shapes = [(hidden, k + 3), (hidden,), (hidden, hidden), (hidden,), (k, hidden), (k,)]
+    fits = lin.shape == (k, M.NUM_LANDMARKS, 3) and [w.shape for w in weights] == shapes
+    if not fits or iris.shape != (len(IRIS_PARAMS),):
+        raise ModelFilesMissingError(f"{p}: unexpected array shapes; refit it with scripts/fit_expression_basis.py.")
+    return lin, AmplitudeNet(weights), IrisPlacement(iris)
+
+
+#: Array names of :class:`AmplitudeNet`'s weights in :data:`FITTED_BASIS_PATH`.
+NET_KEYS = ("l1_weight", "l1_bias", "l2_weight", "l2_bias", "l3_weight", "l3_bias")
 
 
 def expression_fields(shape: np.ndarray, model: str = DEFAULT_EXPRESSION_MODEL) -> ExpressionFields:
     """The expression model on ``shape`` (model space): see :class:`ExpressionFields`.
 
     ``model="fitted"``: the hand-designed fields (:func:`expression_basis`) plus the learned corrections (scaled by
-    the shape's eye-corner distance), with the learned amplitude curves; ``"hand"``: the hand-designed fields
+    the shape's eye-corner distance), with the learned amplitude network; ``"hand"``: the hand-designed fields
     alone, linear in the scores.
     """
     if model not in EXPRESSION_MODELS:
         raise LandmarkError(f"unknown expression model {model!r}; choose one of {', '.join(EXPRESSION_MODELS)}.")
     hand = expression_basis(shape)
     if model == "hand":
-        return ExpressionFields(hand, np.tile(AMPLITUDE_KNOTS, (len(BLENDSHAPE_NAMES), 1)))
-    lin, amp = fitted_corrections()
+        return ExpressionFields(hand)
+    lin, net, iris = fitted_model()
     unit = float(np.linalg.norm(shape[M.EYE_L_OUTER] - shape[M.EYE_R_OUTER])) / 8.89
-    return ExpressionFields(hand + unit * lin, amp)
+    return ExpressionFields(hand + unit * lin, net, iris)
 
 
 #: Point pairs (upper, lower) that must not pass each other: the inner lip contour and the eyelid margins.
@@ -459,13 +568,23 @@ def resolve_contacts(points: np.ndarray) -> np.ndarray:
     return out
 
 
-def apply_expression(shape: np.ndarray, basis: np.ndarray | ExpressionFields, scores: np.ndarray) -> np.ndarray:
+def apply_expression(
+    shape: np.ndarray,
+    basis: np.ndarray | ExpressionFields,
+    scores: np.ndarray,
+    pose: tuple[float, float, float] | np.ndarray = (0.0, 0.0, 0.0),
+) -> np.ndarray:
     """Expressed shape: ``(478, 3)`` shape, ``(51,)`` scores, and either a ``(51, 478, 3)`` linear basis
-    (``shape + sum_k s_k B_k``) or :class:`ExpressionFields` (``shape + sum_k g_k(s_k) F_k``, then
-    :func:`resolve_contacts` when all scores are >= 0). Negative scores undo an expression (the neutralization of
-    a reference: its exact inverse, no contact resolution)."""
+    (``shape + sum_k s_k B_k``) or :class:`ExpressionFields` (``shape + sum_k a_k(s, pose) F_k``, then
+    :func:`resolve_contacts` when all scores are >= 0; ``pose``: the head pose (yaw, pitch, roll in degrees) the
+    face will be seen at). Negative scores undo an expression (the neutralization of a reference seen at ``pose``:
+    its exact inverse, no contact resolution)."""
     scores = np.asarray(scores, dtype=np.float64)
     if isinstance(basis, ExpressionFields):
-        out = shape + np.tensordot(basis.amplitudes(scores), basis.linear, axes=1)
-        return resolve_contacts(out) if (scores >= 0).all() else out
+        amplitudes = basis.amplitudes(scores, pose)
+        out = shape + np.tensordot(amplitudes, basis.linear, axes=1)
+        if not (scores >= 0).all():
+            return out
+        out = resolve_contacts(out)
+        return out if basis.iris is None else basis.iris(out, shape, amplitudes)
     return shape + np.tensordot(scores, basis, axes=1)

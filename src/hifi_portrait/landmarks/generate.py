@@ -197,7 +197,8 @@ def generate_landmarks(
     target = target or TargetAttributes()
     placement = placement or Placement()
     camera = PinholeCamera(int(size[0]), int(size[1]), fov_deg)
-    pts = apply_expression(shape.points, shape.basis, scores_to_vector(target.blendshapes))
+    pose = (target.yaw, target.pitch, target.roll)
+    pts = apply_expression(shape.points, shape.basis, scores_to_vector(target.blendshapes), pose)
     rot_cmd = rotation_from_pose(target.yaw, target.pitch, target.roll)
     pivot = shape.points[: M.NUM_MESH].mean(axis=0)
     rot = rot_cmd

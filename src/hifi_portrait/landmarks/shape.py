@@ -7,7 +7,8 @@ Method (details and limits in docs/landmarks.md):
    expression-stable "procrustes" points (jaw excluded): this removes position, scale and head rotation;
 2. the reference's expression is removed by subtracting the expression fields
    (:func:`~hifi_portrait.landmarks.expression.expression_fields`, hand-designed or fitted) for its detected
-   blendshape scores; the fields are computed on the current estimate of the neutral shape (two passes);
+   blendshape scores at its head pose; the fields are computed on the current estimate of the neutral shape
+   (two passes);
 3. the neutralized references are combined point by point with a weighted Huber mean (robust IRLS), weights
    = quality x cos^2(yaw) (a turned face has its far side hallucinated by the landmarker). It down-weights a
    minority of references that are wrong on some part of the face (occlusion, bad detection).
@@ -29,6 +30,7 @@ from hifi_portrait.landmarks import mesh as M
 from hifi_portrait.landmarks.expression import (
     DEFAULT_EXPRESSION_MODEL,
     EXPRESSION_MODELS,
+    ExpressionFields,
     apply_expression,
     expression_fields,
     scores_to_vector,
@@ -62,11 +64,11 @@ class IdentityShape:
     residuals: np.ndarray = field(default_factory=lambda: np.zeros(1))
     sources: list[str] = field(default_factory=list)
     expression_model: str = DEFAULT_EXPRESSION_MODEL
-    _basis: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _basis: ExpressionFields | None = field(default=None, repr=False, compare=False)
 
     @property
-    def basis(self) -> np.ndarray:
-        """``(2, 51, 478, 3)`` expression fields on this shape (computed once; see
+    def basis(self) -> ExpressionFields:
+        """The expression model on this shape (computed once; see
         :func:`~hifi_portrait.landmarks.expression.expression_fields`)."""
         if self._basis is None:
             self._basis = expression_fields(self.points, self.expression_model)
@@ -168,7 +170,7 @@ def fit_identity_shape(
         raise LandmarkError(f"unknown expression model {expression_model!r}; choose one of {EXPRESSION_MODELS}.")
     if len(references) == 0:
         raise LandmarkError("no reference faces were given: pass at least one analyzed photo of the person.")
-    aligned, scores, auto_w, sources = [], [], [], []
+    aligned, scores, poses, auto_w, sources = [], [], [], [], []
     for i, ref in enumerate(references):
         if isinstance(ref, np.ndarray):
             lm, bs, w, src = ref, {}, 1.0, f"reference_{i}"
@@ -177,8 +179,10 @@ def fit_identity_shape(
             q = getattr(getattr(ref, "quality", None), "total", 1.0)
             w = float(q) if q is not None and math.isfinite(float(q)) else 1.0
         pts, _, rot, _ = align_to_canonical(to_model_space(lm))
-        yaw = pose_from_rotation(rot.T)[0]
+        pose = pose_from_rotation(rot.T)
+        yaw = pose[0]
         aligned.append(pts)
+        poses.append(pose)
         if blendshapes is not None:
             bs = dict(blendshapes[i])
         scores.append(scores_to_vector(bs))
@@ -196,7 +200,9 @@ def fit_identity_shape(
     if neutralize:
         for _ in range(2):  # fields computed on the current neutral estimate
             basis = expression_fields(estimate, expression_model)
-            neutral = np.stack([apply_expression(p, basis, -s) for p, s in zip(stack, score_mat, strict=True)])
+            neutral = np.stack(
+                [apply_expression(p, basis, -s, pose) for p, s, pose in zip(stack, score_mat, poses, strict=True)]
+            )
             estimate = _robust_mean(neutral, w)
     # re-centre on the canonical mesh so that the shape's pose is exactly frontal by the same definition
     estimate, _, _, _ = align_to_canonical(estimate)
