@@ -25,10 +25,10 @@ Data: the bundled photos of ``tests/data``, ``tests/data/ids`` and ``tests/data/
 :data:`hifi_portrait.landmarks.expression_data.HELD_OUT_PEOPLE`, and their mirror images (each analysed by
 mediapipe). Loss terms, each over a random batch per step:
 
-* *expression*: on each fit identity's neutral shape (their photos minus their expressions, with the current
-  model), random targets (neutral; presets at 0.5, 1 or a random intensity; one or a few blendshapes; real photos'
-  scores, also scaled) at random head poses read back by the critic: squared error plus a heavier penalty on
-  errors above 0.04 (the acceptance is on the worst score);
+* *expression*: on each fit identity's neutral shape (their photos minus their expressions, with the current model;
+  for ``--mix`` of the targets, a random blend of two fit identities), random targets (neutral; presets at 0.5, 1
+  or a random intensity; one or a few blendshapes; real photos' scores, also scaled) at random head poses read back
+  by the critic: squared error plus a heavier penalty on errors above 0.04 (the acceptance is on the worst score);
 * *neutralization*: each photo minus its own expression, at its own pose, reads all zeros (this pins the
   identity shape to a neutral face: without it a constant offset in ``a`` moves into the identity);
 * *round trip*: the person's neutral shape plus a photo's expression, at that photo's pose, reads its scores;
@@ -44,7 +44,7 @@ Scores the reader never gives on real photos (:data:`~hifi_portrait.landmarks.ex
 cheekPuff, cheekSquint, noseSneer) are left out of the read-back losses.
 
 Usage: ``python scripts/fit_expression_basis.py [--out PATH]``: the defaults are the settings of the shipped file
-(recorded in it, ``settings``); about 20 minutes on one CPU core (the critic, an MLP-Mixer, dominates).
+(recorded in it, ``settings``); about 27 minutes on one CPU core (the critic, an MLP-Mixer, dominates).
 """
 
 from __future__ import annotations
@@ -474,7 +474,7 @@ def fit(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=96, help="synthetic targets per step")
     parser.add_argument("--photo-batch", type=int, default=32, help="photos per step (neutralization, round trip)")
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -490,7 +490,7 @@ def main() -> None:
     parser.add_argument("--w-rough", type=float, default=100.0, help="meshes no rougher than the real photos'")
     parser.add_argument("--w-space", type=float, default=1000.0, help="meshes within the real faces' PCA space")
     parser.add_argument("--pca-components", type=int, default=40)
-    parser.add_argument("--mix", type=float, default=0.0, help="share of synthetic targets on blended identities")
+    parser.add_argument("--mix", type=float, default=0.8, help="share of synthetic targets on blended identities")
     parser.add_argument("--iris-start", help="starting iris placement (.npy of IRIS_PARAMS)")
     parser.add_argument("--init", help="start the field corrections from this earlier fitted file")
     parser.add_argument("--out", default=str(FITTED_BASIS_PATH))
