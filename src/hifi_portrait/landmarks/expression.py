@@ -481,8 +481,9 @@ class ExpressionFields:
     """The expression model of one shape: ``(51, 478, 3)`` displacement fields ``F`` and how scores become their
     amplitudes. Scores ``s`` at head pose ``p`` move the shape by ``sum_k a_k(s, p) F_k``: ``a = s`` for the
     hand-designed model, :class:`AmplitudeNet` for the fitted one (the blendshape reader sees the same mesh
-    differently at different poses, and the scores interact). Non-positive scores ``-s`` undo the expression
-    ``s`` (``a(-s) = -a(s)``): the neutralization of a reference."""
+    differently at different poses, and the scores interact). The fitted model then places the irises
+    (:class:`IrisPlacement`, ``iris``). Non-positive scores ``-s`` undo the expression ``s`` (``a(-s) = -a(s)``):
+    the neutralization of a reference."""
 
     linear: np.ndarray
     net: AmplitudeNet | None = None
@@ -499,8 +500,8 @@ class ExpressionFields:
 
 @functools.lru_cache(maxsize=1)
 def fitted_model() -> tuple[np.ndarray, AmplitudeNet, IrisPlacement]:
-    """``(linear, net)``: the learned ``(51, 478, 3)`` field corrections (canonical cm) and the amplitude network
-    of the fitted model, read from :data:`FITTED_BASIS_PATH`."""
+    """``(linear, net, iris)``: the learned ``(51, 478, 3)`` field corrections (canonical cm), the amplitude
+    network and the iris placement of the fitted model, read from :data:`FITTED_BASIS_PATH`."""
     p = FITTED_BASIS_PATH
     if not p.is_file():
         raise ModelFilesMissingError(
@@ -533,8 +534,8 @@ def expression_fields(shape: np.ndarray, model: str = DEFAULT_EXPRESSION_MODEL) 
     """The expression model on ``shape`` (model space): see :class:`ExpressionFields`.
 
     ``model="fitted"``: the hand-designed fields (:func:`expression_basis`) plus the learned corrections (scaled by
-    the shape's eye-corner distance), with the learned amplitude network; ``"hand"``: the hand-designed fields
-    alone, linear in the scores.
+    the shape's eye-corner distance), with the learned amplitude network and iris placement; ``"hand"``: the
+    hand-designed fields alone, linear in the scores (irises moved by the gaze fields like any other point).
     """
     if model not in EXPRESSION_MODELS:
         raise LandmarkError(f"unknown expression model {model!r}; choose one of {', '.join(EXPRESSION_MODELS)}.")
