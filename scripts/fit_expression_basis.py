@@ -87,10 +87,6 @@ LID_PAIRS = tuple(zip(M.UPPER_LID_R[1:-1], M.LOWER_LID_R[1:-1], strict=True)) + 
 )
 
 
-def unit_of(points: np.ndarray) -> float:
-    return float(np.linalg.norm(points[M.EYE_L_OUTER] - points[M.EYE_R_OUTER])) / 8.89
-
-
 class Corrections(torch.nn.Module):
     """Learned ``L`` and amplitude increments with the left/right mirror structure built in."""
 
@@ -198,7 +194,7 @@ class Irises(torch.nn.Module):
 
     def forward(self, pts: torch.Tensor, neutral: torch.Tensor, amp: torch.Tensor) -> torch.Tensor:
         bx, by, bz, gin, gout, gup, gdown, lx, ly, cx = self.bounded()
-        unit = torch.linalg.norm(pts[:, M.EYE_L_OUTER] - pts[:, M.EYE_R_OUTER], dim=-1) / 8.89
+        unit = torch.linalg.norm(pts[:, M.EYE_L_OUTER] - pts[:, M.EYE_R_OUTER], dim=-1) / M.CANONICAL_EYE_CORNERS_CM
         cols = [pts[:, i] for i in range(M.NUM_LANDMARKS)]
         for sign, (k_out, k_in, k_up, k_down), iris, idx in self.eyes:
             cn, ce = neutral[:, idx].mean(1), pts[:, idx].mean(1)
@@ -316,7 +312,7 @@ def fit(args) -> None:
     for gi in range(n_id):
         mean = np.stack([aligned[i] for i in range(len(aligned)) if owner[i] == gi]).mean(0)
         hand.append(expression_basis(mean).reshape(K, -1))
-        units.append(unit_of(mean))
+        units.append(M.eye_corner_scale(mean))
         heights.append(np.linalg.norm(mean[M.FOREHEAD_TOP] - mean[M.CHIN]))
     hand_t = torch.as_tensor(np.stack(hand), dtype=f32)  # (I, K, 478 * 3)
     hand_photo = hand_t[owner_t]

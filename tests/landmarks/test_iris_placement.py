@@ -37,10 +37,6 @@ def canonical() -> IdentityShape:
     return IdentityShape.canonical(expression_model="fitted")
 
 
-def unit_of(points: np.ndarray) -> float:
-    return float(np.linalg.norm(points[M.EYE_L_OUTER] - points[M.EYE_R_OUTER])) / 8.89
-
-
 def test_the_references_gaze_does_not_reach_generated_faces(canonical):
     """Irises of the identity shape moved as if its photos looked aside: the generated landmarks are unchanged."""
     looking_aside = canonical.points.copy()
@@ -85,7 +81,7 @@ def test_irises_have_real_proportions(canonical):
     assert -0.5 <= params["bz"] <= -0.1
     for scores in (np.zeros(51), scores_to_vector({"eyeWideLeft": 1.0, "eyeWideRight": 1.0, "jawOpen": 0.4})):
         pts = apply_expression(canonical.points, canonical.basis, scores)
-        unit = unit_of(pts)
+        unit = M.eye_corner_scale(pts)
         for iris, lids in (
             (M.RIGHT_IRIS, M.UPPER_LID_R + M.LOWER_LID_R),
             (M.LEFT_IRIS, M.UPPER_LID_L + M.LOWER_LID_L),
@@ -109,7 +105,7 @@ def test_left_and_right_irises_are_mirror_images(canonical):
         s = rng.uniform(0, 1, 51) * (rng.random(51) < 0.3)
         a = apply_expression(sym, fields, s)
         b = apply_expression(sym, fields, s[perm])
-        shift = np.array([cx * unit_of(a), 0.0, 0.0])
+        shift = np.array([cx * M.eye_corner_scale(a), 0.0, 0.0])
         np.testing.assert_allclose(a[IRISES] - shift, (b[mirror] * flip)[IRISES] + shift, atol=1e-6)
 
 

@@ -238,7 +238,7 @@ def expression_basis(shape: np.ndarray) -> np.ndarray:
     p = np.asarray(shape, dtype=np.float64)
     if p.shape != (M.NUM_LANDMARKS, 3):
         raise LandmarkError(f"expression_basis needs a (478, 3) shape, got {p.shape}.")
-    unit = float(np.linalg.norm(p[M.EYE_L_OUTER] - p[M.EYE_R_OUTER])) / 8.89  # canonical cm per shape unit
+    unit = M.eye_corner_scale(p)  # shape units per canonical cm
     n = len(p)
     basis = np.zeros((len(BLENDSHAPE_NAMES), n, 3))
 
@@ -457,7 +457,7 @@ class IrisPlacement:
         expression; ``amplitudes``: the ``(51,)`` amplitudes of the expression)."""
         p = dict(zip(IRIS_PARAMS, self.params, strict=True))
         out = points.copy()
-        unit = float(np.linalg.norm(points[M.EYE_L_OUTER] - points[M.EYE_R_OUTER])) / 8.89
+        unit = M.eye_corner_scale(points)
         for sign, side, iris, contour in _EYES:
             idx = list(contour)
             rest = neutral[idx].mean(0)
@@ -543,7 +543,7 @@ def expression_fields(shape: np.ndarray, model: str = DEFAULT_EXPRESSION_MODEL) 
     if model == "hand":
         return ExpressionFields(hand)
     lin, net, iris = fitted_model()
-    unit = float(np.linalg.norm(shape[M.EYE_L_OUTER] - shape[M.EYE_R_OUTER])) / 8.89
+    unit = M.eye_corner_scale(shape)
     return ExpressionFields(hand + unit * lin, net, iris)
 
 

@@ -40,6 +40,15 @@ MOUTH_CORNER_R, MOUTH_CORNER_L = 61, 291
 INNER_LIP_TOP, INNER_LIP_BOTTOM = 13, 14
 EYE_R_OUTER, EYE_R_INNER, EYE_R_TOP, EYE_R_BOTTOM = 33, 133, 159, 145
 EYE_L_OUTER, EYE_L_INNER, EYE_L_TOP, EYE_L_BOTTOM = 263, 362, 386, 374
+#: Canonical mesh, outer eye corner to outer eye corner (vertices 33-263), centimetres.
+CANONICAL_EYE_CORNERS_CM = 8.89
+
+
+def eye_corner_scale(points: np.ndarray) -> float:
+    """Size of ``(478, 3)`` (or ``(468, 3)``) ``points`` in canonical centimetres: their outer-eye-corner distance
+    over the canonical mesh's. Expression amplitudes and anthropometric offsets are scaled by it."""
+    return float(np.linalg.norm(points[EYE_L_OUTER] - points[EYE_R_OUTER])) / CANONICAL_EYE_CORNERS_CM
+
 
 # Eyelid contours (subject's right eye / left eye), outer corner -> inner corner.
 UPPER_LID_R = (33, 246, 161, 160, 159, 158, 157, 173, 133)

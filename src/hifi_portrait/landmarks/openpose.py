@@ -198,7 +198,6 @@ _DWPOSE_DIM = (np.arange(256, dtype=np.float64) * 0.6).astype(np.uint8)
 _EPS = 0.01  # controlnet_aux draws a face point only when its integer pixel x and y are > eps (i.e. >= 1)
 
 # anthropometric placement (centimetres at the canonical mesh's size; see the module docstring)
-CANONICAL_EYE_CORNERS_CM = 8.89  # canonical mesh, outer eye corner to outer eye corner (vertices 33-263)
 EAR_BEHIND_OVAL_CM = 1.3  # tragion behind the face-oval vertex 234 / 454
 NECK_BELOW_CENTRE_CM = 18.5  # OpenPose's neck keypoint (base of the neck) below the mesh centroid
 SHOULDER_HALF_WIDTH_CM = 17.5  # half the biacromial breadth
@@ -375,7 +374,7 @@ def _head_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     back = np.cross(right, down / np.linalg.norm(down))
     if back @ (points[M.NOSE_TIP] - points[: M.NUM_MESH].mean(0)) > 0:
         back = -back
-    scale = float(np.linalg.norm(points[M.EYE_L_OUTER] - points[M.EYE_R_OUTER])) / CANONICAL_EYE_CORNERS_CM
+    scale = M.eye_corner_scale(points)
     return right, back, scale
 
 
