@@ -141,10 +141,12 @@ class HiFiPortraitLoaderMixin:
         return adapter.parts
 
     def _adapter_state(self) -> tuple:
-        """What a load may change: the UNet's processors, the two components, the pipeline config."""
+        """What a load may change (this one or :func:`~hifi_portrait.loaders.instantid.load_instantid`): the UNet's
+        processors, the face refiner, HiFi-Net and ControlNet, the pipeline config (``controlnet_context``
+        included)."""
         return (
             dict(self.unet.attn_processors),
-            {name: getattr(self, name, None) for name in ("face_refiner", "hifi_net")},
+            {name: getattr(self, name, None) for name in ("face_refiner", "hifi_net", "controlnet")},
             self._internal_dict,
         )
 

@@ -462,11 +462,7 @@ def load_instantid(
         controlnet = MultiControlNetModel(list(controlnet))
     # commit: the file is valid; if anything below still fails (out of memory while the processors or the
     # projection move to the device, ...), the pipeline is put back as it was: nothing of an earlier adapter is lost
-    before = (
-        dict(unet.attn_processors),
-        {name: getattr(pipe, name, None) for name in ("face_refiner", "hifi_net", "controlnet")},
-        pipe._internal_dict,  # the pipeline config, controlnet_context included
-    )
+    before = pipe._adapter_state()
     try:
         remove_id_attention(unet)
         procs = install_id_attention(
@@ -490,10 +486,7 @@ def load_instantid(
             pipe.register_modules(controlnet=controlnet)
         pipe.controlnet_context = "id_tokens"  # the pipeline passes the ID tokens to the ControlNet(s)
     except BaseException:
-        processors, components, config = before
-        unet.set_attn_processor(processors)
-        pipe.register_modules(**components)
-        pipe._internal_dict = config
+        pipe._restore_adapter_state(before)
         raise
     if getattr(pipe, "controlnet", None) is None:
         logger.warning("no IdentityNet ControlNet on the pipeline: only InstantID's ID attention will act")
