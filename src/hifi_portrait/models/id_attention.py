@@ -267,18 +267,23 @@ class IDAttnProcessor(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.is_placeholder = hidden_size is None or cross_attention_dim is None
-        self.hidden_size = None if self.is_placeholder else int(hidden_size)
-        self.cross_attention_dim = None if self.is_placeholder else int(cross_attention_dim)
+        placeholder = hidden_size is None or cross_attention_dim is None
+        self.hidden_size = None if placeholder else int(hidden_size)
+        self.cross_attention_dim = None if placeholder else int(cross_attention_dim)
         self.num_tokens = int(num_tokens)
-        self.scale = 0.0 if self.is_placeholder else float(scale)
+        self.scale = 0.0 if placeholder else float(scale)
         self.slice_size: int | None = None
         self.ip_adapter: IPAdapterAttnProcessor2_0 | None = None
-        if self.is_placeholder:
+        if placeholder:
             self.to_k_ip = self.to_v_ip = None
             return
         self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False, device=device, dtype=dtype)
         self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False, device=device, dtype=dtype)
+
+    @property
+    def is_placeholder(self) -> bool:
+        """True for a processor built without sizes (no ID weights): plain attention."""
+        return self.to_k_ip is None
 
     @property
     def num_ip_adapters(self) -> int:
