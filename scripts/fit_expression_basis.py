@@ -88,7 +88,7 @@ LID_PAIRS = tuple(zip(M.UPPER_LID_R[1:-1], M.LOWER_LID_R[1:-1], strict=True)) + 
 
 
 class Corrections(torch.nn.Module):
-    """Learned ``L`` and amplitude increments with the left/right mirror structure built in."""
+    """Learned ``L`` with the left/right mirror structure built in."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,24 +107,19 @@ class Corrections(torch.nn.Module):
         free = np.ones((M.NUM_LANDMARKS, 1), dtype=np.float32)
         free[: M.NUM_MESH][M.stable_weights() > 0] = 0.0
         self.register_buffer("free", torch.as_tensor(free))
-        # softplus(raw) = 0.25: g(s) = s at the start
-        self.raw_amp = torch.nn.Parameter(torch.full((len(self.own), 4), math.log(math.exp(0.25) - 1)))
 
     def _mirror(self, f: torch.Tensor) -> torch.Tensor:
         return f[..., self.mirror, :] * self.flip
 
-    def _full(self, own: torch.Tensor, fields: bool = True) -> torch.Tensor:
+    def forward(self) -> torch.Tensor:
+        """``(51, 478, 3)`` corrections: ``...Right`` ones mirror their ``...Left`` twins, unsided ones symmetric."""
+        own = self.lin * self.free
         out = [None] * K
         for j, k in enumerate(self.own):
-            f = own[j]
-            out[k] = 0.5 * (f + self._mirror(f)) if k in self.sym and fields else f
+            out[k] = 0.5 * (own[j] + self._mirror(own[j])) if k in self.sym else own[j]
         for k, src in self.twin.items():
-            out[k] = self._mirror(out[src]) if fields else out[src]
+            out[k] = self._mirror(out[src])
         return torch.stack(out)
-
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(51, 478, 3)`` corrections and ``(51, 4)`` amplitude increments (intensities 0-0.25, ..., 0.75-1)."""
-        return self._full(self.lin * self.free), self._full(torch.nn.functional.softplus(self.raw_amp), fields=False)
 
 
 def laplacian_edges() -> torch.Tensor:
@@ -261,7 +256,7 @@ def fit_photos() -> dict[str, list[Path]]:
 
 def save(corr: Corrections, net: AmplitudeMLP, irises: Irises, out: Path, args, keys) -> None:
     """Write the ``.npz`` file :func:`hifi_portrait.landmarks.expression.fitted_model` reads."""
-    lin, _ = corr()
+    lin = corr()
     weights = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items() if k.startswith("l")}
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -391,7 +386,7 @@ def fit(args) -> None:
             corr.lin.copy_(torch.as_tensor(data["linear"][corr.own]))
     start = time.time()
     for step in range(args.steps + 1):
-        lin, _ = corr()
+        lin = corr()
         neutral_all = aligned_t - expr(owner_t, net(scores_t, poses_t), lin, hand_photo)
         neutral_all = irises(neutral_all, neutral_all, torch.zeros(len(neutral_all), K))
         ident = torch.zeros(n_id, M.NUM_LANDMARKS, 3).index_add_(0, owner_t, neutral_all) / counts[:, None, None]
